@@ -1,0 +1,3 @@
+from tuner_app.cli import main
+
+main()

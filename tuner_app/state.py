@@ -192,9 +192,16 @@ def check_state(pdir: Path) -> None:
 
 
 def check_writable(directory: Path) -> None:
-    """Raise UsageError unless `directory` exists (or can be created) and is writable."""
-    probe = directory
+    """Raise UsageError unless `directory` exists (or can be created) and files can be written there."""
+    probe = Path(directory).absolute()
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--directory {directory}: {probe} is not a writable directory; choose another --directory")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(str(probe))
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"--directory {directory}: cannot write in {probe} ({e.strerror or e}); choose a writable --directory"
+        ) from None

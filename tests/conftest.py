@@ -1,0 +1,56 @@
+"""Shared fixtures: the committed MNIST subset, a CLI runner, and one small finished search."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MNIST_SMALL = Path(__file__).parent / "data" / "mnist_small"
+# The smallest search that still exercises everything: 2 grid points x 2 folds x 1 epoch.
+SMALL_SEARCH = ["--data", str(MNIST_SMALL), "--train-limit", "400", "--folds", "2", "--epochs", "1",
+                "--filters", "16,32", "--filters", "32,64", "--learning-rate", "0.001", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m tuner_app ARGS` in a real subprocess (same interpreter, same backend)."""
+    proc = subprocess.run([sys.executable, "-m", "tuner_app", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tuner-app {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    from tuner_app.data import load_dataset
+
+    return load_dataset(MNIST_SMALL)
+
+
+@pytest.fixture(scope="session")
+def _searched(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("searched") / "tuning_dirs"
+    run_cli("search", *SMALL_SEARCH, "--directory", directory, "--project", "small", check=True)
+    return directory
+
+
+@pytest.fixture
+def searched(_searched, tmp_path) -> Path:
+    """A private copy of a finished small search: returns its --directory (project 'small')."""
+    directory = tmp_path / "tuning_dirs"
+    shutil.copytree(_searched, directory)
+    return directory

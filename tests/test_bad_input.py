@@ -1,0 +1,118 @@
+"""Bad input: one line on stderr naming the problem, exit code 2, no traceback, state untouched."""
+
+import numpy as np
+import pytest
+from conftest import MNIST_SMALL, SMALL_SEARCH, run_cli
+
+
+def _npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), "y_train": np.arange(40) % 4,
+              "x_test": rng.integers(0, 255, (8, 28, 28), dtype=np.uint8), "y_test": np.arange(8) % 4}
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return str(path)
+
+
+def _tree(directory):
+    return {p.relative_to(directory): p.read_bytes() if p.is_file() else None for p in directory.rglob("*")}
+
+
+# (name, extra args (after the small search's), expected fragment of the message)
+CASES = [
+    ("missing data path", ["--data", "/nonexistent/mnist"], "no such file"),
+    ("npz without keys", ["--data", "NPZ:y_test=None"], "lacks y_test"),
+    ("lengths differ", ["--data", "NPZ:y_train=short"], "must match"),
+    ("non-integer labels", ["--data", "NPZ:y_train=float"], "non-integer"),
+    ("labels out of range", ["--data", "NPZ:y_train=negative"], "0..K-1"),
+    ("nan pixels", ["--data", "NPZ:x_train=nan"], "NaN or infinite"),
+    ("wrong rank", ["--data", "NPZ:x_train=flat"], "(N, H, W)"),
+    ("train/test shapes differ", ["--data", "NPZ:x_test=other"], "must match"),
+    ("class smaller than folds", ["--data", "NPZ:y_train=rare", "--train-limit", "40"], "fewer than --folds"),
+    ("folds < 2", ["--folds", "1"], "--folds 1"),
+    ("epochs < 1", ["--epochs", "0"], "--epochs 0"),
+    ("batch size < 1", ["--batch-size", "0"], "--batch-size 0"),
+    ("patience < 1", ["--patience", "0"], "--patience 0"),
+    ("learning rate <= 0", ["--learning-rate", "0"], "--learning-rate"),
+    ("learning rate not a number", ["--learning-rate", "fast"], "--learning-rate"),
+    ("filter pair not two ints", ["--filters", "16"], "--filters"),
+    ("filter pair negative", ["--filters", "-4,8"], "--filters"),
+    ("train limit too small", ["--train-limit", "5"], "--train-limit 5"),
+    ("train limit too large", ["--train-limit", "100000"], "--train-limit 100000"),
+    ("project with a separator", ["--project", "a/b"], "--project"),
+    ("project with ..", ["--project", ".."], "--project"),
+    ("unknown device", ["--device", "tpu"], "--device"),
+    ("unknown dataset", ["--data", None, "--dataset", "imagenet"], "--dataset"),
+]
+
+
+def _materialise(args, tmp_path):
+    out = []
+    for a in args:
+        if isinstance(a, str) and a.startswith("NPZ:"):
+            key, kind = a[4:].split("=")
+            n = 40
+            value = {"None": None, "short": np.arange(n - 1) % 4, "float": (np.arange(n) % 4) + 0.5,
+                     "negative": np.arange(n) % 4 - 1, "nan": np.full((n, 28, 28), np.nan, np.float32),
+                     "flat": np.zeros((n, 784), np.uint8), "other": np.zeros((8, 32, 32), np.uint8),
+                     "rare": np.r_[np.arange(39) % 3, 3]}[kind]
+            a = _npz(tmp_path / "bad.npz", **{key: value})
+        out.append(a)
+    return out
+
+
+def _small_search_with(extra):
+    args = list(SMALL_SEARCH)
+    for i in range(0, len(extra), 2):
+        opt, value = extra[i], extra[i + 1]
+        if opt in args and opt not in ("--filters", "--learning-rate"):
+            j = args.index(opt)
+            del args[j:j + 2]
+        elif opt in ("--filters", "--learning-rate"):
+            while opt in args:
+                j = args.index(opt)
+                del args[j:j + 2]
+        if value is not None:
+            args += [opt, value]
+    return args
+
+
+@pytest.mark.parametrize("name, extra, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_search_input(tmp_path, searched, name, extra, fragment):
+    before = _tree(searched)
+    args = _small_search_with(_materialise(extra, tmp_path))
+    if "--project" not in extra:
+        args += ["--project", "small"]  # an existing project must survive bad input untouched
+    proc = run_cli("search", *args, "--directory", searched)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0] and "Traceback" not in proc.stderr
+    assert _tree(searched) == before
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--validation-split", "1.5"], "--validation-split"),
+    (["--validation-split", "0"], "--validation-split"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--data", str(MNIST_SMALL / "README.md")], "not a readable .npz"),
+])
+def test_bad_retrain_input(searched, extra, fragment):
+    before = _tree(searched)
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
+    assert _tree(searched) == before
+
+
+def test_unwritable_directory(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        target = "/proc/tuning_dirs"  # root can write anywhere on disk, but not into /proc
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "tuning_dirs")
+    proc = run_cli("search", *SMALL_SEARCH, "--directory", target)
+    assert proc.returncode == 2 and "--directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,77 @@
+"""The real `tuner-app` command in subprocesses: the seed's job end to end, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MNIST_SMALL, SMALL_SEARCH, run_cli
+
+from tuner_app.data import load_dataset
+
+
+def test_help_lists_every_command():
+    proc = run_cli("--help", check=True)
+    for command in ("search", "results", "retrain-best"):
+        assert command in proc.stdout
+    search_help = run_cli("search", "--help", check=True).stdout
+    for option in ("--data", "--train-limit", "--filters", "--learning-rate", "--dense-units", "--folds", "--seed",
+                   "--epochs", "--batch-size", "--patience", "--directory", "--project", "--overwrite", "--device",
+                   "--backend"):
+        assert option in search_help
+
+
+def test_results_json_lists_every_trial_with_its_fold_records(searched):
+    proc = run_cli("results", "--directory", searched, "--project", "small", "--format", "json", check=True)
+    trials = json.loads(proc.stdout)
+    assert len(trials) == 2
+    for t in trials:
+        assert t["status"] == "COMPLETED" and len(t["folds"]) == 2
+        assert t["score"] == pytest.approx(np.mean([f["val_accuracy"] for f in t["folds"]]), abs=1e-12)
+        assert set(t["folds"][0]) >= {"fold", "val_accuracy", "val_loss", "epochs", "seconds", "finished_at"}
+    assert trials[0]["score"] >= trials[1]["score"]
+    table = run_cli("results", "--directory", searched, "--project", "small", check=True).stdout
+    assert "16,32" in table and "32,64" in table and "best:" in table
+    csv = run_cli("results", "--directory", searched, "--project", "small", "-f", "csv", check=True).stdout
+    assert csv.splitlines()[0].startswith("rank,trial_id,status") and len(csv.splitlines()) == 3
+
+
+def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched):
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "2", check=True)
+    printed = float(proc.stdout.strip().splitlines()[-1].removeprefix("test accuracy: "))
+    pdir = searched / "small"
+    report = json.loads((pdir / "retrain.json").read_text())
+    best = json.loads(run_cli("results", "--directory", searched, "--project", "small", "-f", "json").stdout)[0]
+    assert report["hyperparameters"] == best["hyperparameters"] and report["cv_score"] == best["score"]
+    assert report["test_accuracy"] == pytest.approx(printed, abs=5e-5)
+    assert report["epochs"] == 2 and len(report["history"]["accuracy"]) == 2 and "val_accuracy" in report["history"]
+    assert report["train_size"] == 1000 and report["test_size"] == 300  # the whole (fixture) training set
+    assert report["backend"] and report["device"] == "cpu" and report["seconds"] > 0
+    assert report["test_accuracy"] > 0.3  # well above chance (0.1) after 2 epochs on 900 images
+
+    from tuner_app.retrain import evaluate_saved
+
+    _, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SMALL))
+    assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
+
+
+def test_rerunning_a_finished_search_trains_nothing(searched):
+    pdir = searched / "small"
+    before = {p: p.read_bytes() for p in pdir.rglob("folds.json")}
+    run_cli("search", *SMALL_SEARCH, "--directory", searched, "--project", "small", check=True)
+    assert before == {p: p.read_bytes() for p in pdir.rglob("folds.json")}
+
+
+def test_retrain_best_without_a_search_says_so(tmp_path):
+    proc = run_cli("retrain-best", "--directory", tmp_path, "--project", "nothing")
+    assert proc.returncode == 2 and "no search project" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_device_gpu_without_a_gpu_is_an_error(tmp_path):
+    from tuner_app.device import resolve
+
+    if resolve("auto")["device"] == "gpu":
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("search", *SMALL_SEARCH, "--directory", tmp_path, "--device", "gpu")
+    assert proc.returncode == 2 and "sees no GPU" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,118 @@
+import gzip
+
+import numpy as np
+import pytest
+from conftest import MNIST_SMALL
+
+from tuner_app import data
+from tuner_app.errors import DataError, UsageError
+
+
+def _write_idx_dir(path, ds, gz: bool):
+    path.mkdir()
+    for stem, a in (("train-images-idx3-ubyte", ds.x_train), ("train-labels-idx1-ubyte", ds.y_train),
+                    ("t10k-images-idx3-ubyte", ds.x_test), ("t10k-labels-idx1-ubyte", ds.y_test)):
+        raw = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.astype(np.uint8).tobytes()
+        if gz:
+            with gzip.open(path / f"{stem}.gz", "wb") as f:
+                f.write(raw)
+        else:
+            (path / stem).write_bytes(raw)
+
+
+def test_idx_gz_directory_loads_real_mnist_subset(small_dataset):
+    ds = small_dataset
+    assert ds.x_train.shape == (1000, 28, 28) and ds.x_train.dtype == np.uint8
+    assert ds.x_test.shape == (300, 28, 28)
+    assert ds.num_classes == 10 and ds.input_shape == (28, 28, 1)
+    assert set(np.unique(ds.y_train)) == set(range(10))
+    assert 0 < ds.x_train.mean() < 255  # real pixels, not zeros
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_raw_and_gz_give_the_same_arrays(tmp_path, small_dataset, gz):
+    _write_idx_dir(tmp_path / "idx", small_dataset, gz)
+    ds = data.load_dataset(tmp_path / "idx")
+    np.testing.assert_array_equal(ds.x_train, small_dataset.x_train)
+    np.testing.assert_array_equal(ds.y_test, small_dataset.y_test)
+
+
+def test_npz_loads(tmp_path, small_dataset):
+    ds = small_dataset
+    np.savez(tmp_path / "d.npz", x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    loaded = data.load_dataset(tmp_path / "d.npz")
+    np.testing.assert_array_equal(loaded.x_train, ds.x_train)
+    assert loaded.y_train.dtype == np.int64
+
+
+def test_stratified_subset_keeps_class_proportions(small_dataset):
+    sub = data.stratified_subset(small_dataset, 500)
+    assert len(sub.y_train) == 500
+    full = np.bincount(small_dataset.y_train) / 1000
+    np.testing.assert_allclose(np.bincount(sub.y_train) / 500, full, atol=0.005)
+    again = data.stratified_subset(small_dataset, 500)
+    np.testing.assert_array_equal(sub.y_train, again.y_train)  # same images every time
+
+
+@pytest.mark.parametrize("n, fragment", [(5, "too small"), (5000, "larger than the training set")])
+def test_train_limit_bounds(small_dataset, n, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        data.stratified_subset(small_dataset, n, min_per_class=2)
+
+
+def test_scaling_and_one_hot():
+    x = data.scale_images(np.array([[[0, 255]]], dtype=np.uint8))
+    assert x.shape == (1, 1, 2, 1) and x.dtype == np.float32 and x.max() == 1.0
+    y = data.one_hot(np.array([2, 0]), 3)
+    np.testing.assert_array_equal(y, [[0, 0, 1], [1, 0, 0]])
+
+
+def _npz(tmp_path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), "y_train": np.arange(20) % 2,
+              "x_test": rng.integers(0, 255, (6, 8, 8), dtype=np.uint8), "y_test": np.arange(6) % 2}
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(tmp_path / "bad.npz", **arrays)
+    return tmp_path / "bad.npz"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"y_test": None}, "lacks y_test"),
+    ({"y_train": np.arange(19) % 2}, "must match"),
+    ({"y_train": (np.arange(20) % 2) + 0.5}, "non-integer"),
+    ({"y_train": np.arange(20) % 2 - 1}, "0..K-1"),
+    ({"y_test": np.arange(6) % 3}, "outside the training classes"),
+    ({"x_train": np.full((20, 8, 8), np.nan, dtype=np.float32)}, "NaN or infinite"),
+    ({"x_train": np.zeros((20, 64), dtype=np.uint8)}, "(N, H, W)"),
+    ({"x_test": np.zeros((6, 9, 9), dtype=np.uint8)}, "must match"),
+])
+def test_invalid_npz_is_rejected_with_a_message(tmp_path, overrides, fragment):
+    with pytest.raises(DataError, match=None) as info:
+        data.load_dataset(_npz(tmp_path, **overrides))
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_path_and_missing_idx_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        data.load_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="train-images"):
+        data.load_dataset(tmp_path / "empty")
+
+
+def test_truncated_idx_file(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") * 3 + b"\0" * 5)
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(tmp_path / "train-images-idx3-ubyte")
+
+
+def test_too_few_examples_per_class_for_the_folds():
+    with pytest.raises(DataError, match="fewer than --folds 5"):
+        data.check_folds(np.array([0, 0, 0, 0, 0, 1, 1]), 5)
+
+
+def test_fixture_provenance_is_documented():
+    text = (MNIST_SMALL / "README.md").read_text()
+    assert "Creative Commons" in text and "make_fixture.py" in text

@@ -19,6 +19,7 @@ from typer.exceptions import Abort, TyperException
 
 from tuner_app import report, state
 from tuner_app.errors import SearchInterrupted, TunerAppError
+from tuner_app.interrupt import stop_on_signals
 
 app = typer.Typer(
     name="tuner-app", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -77,10 +78,6 @@ def _progress(quiet: bool):
     return Progress() if quiet else RichProgress(err)
 
 
-def _raise_interrupt(signum, frame):
-    raise SearchInterrupted(signum)
-
-
 @app.command()
 def search(
     dataset: Annotated[str, typer.Option(help="Keras dataset to download when --data is not given.")] = "mnist",
@@ -115,17 +112,15 @@ def search(
     if not quiet:
         err.print(f"backend {info['backend']} on {info['device']}; {len(space)} grid points x {folds} folds")
     pdir = state.project_dir(directory, project)
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet))
+        with stop_on_signals():
+            run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet))
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
         done = sum(r["status"] == "COMPLETED" for r in report.load_results(pdir)) if (pdir / state.SEARCH_FILE).exists() else 0
         err.print(f"interrupted ({signal.Signals(signum).name}): {done}/{len(space)} trials complete, finished folds "
                   "are kept; rerun the same command to resume", soft_wrap=True)
-        raise typer.Exit(128 + signum)
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        raise typer.Exit(128 + signum) from None
     if not quiet:
         _show(pdir, folds)
 

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import data as data_mod
-from tuner_app import state
+from tuner_app import interrupt, state
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.hypermodel import CNNHyperModel
 from tuner_app.oracle import ResumableGridOracle
@@ -90,6 +90,7 @@ class CVTuner(keras_tuner.Tuner):
             if k in records:
                 self.progress.fold_reused(records[k], folds)
                 continue
+            interrupt.check()
             records[k] = self._fit_fold(trial.hyperparameters, k, x[tr], y_onehot[tr], x[va], y_onehot[va])
             state.atomic_write_json(trial_dir / state.FOLDS_FILE, [records[i] for i in sorted(records)])
             self.progress.fold_end(records[k], folds)
@@ -106,7 +107,7 @@ class CVTuner(keras_tuner.Tuner):
         stop = keras.callbacks.EarlyStopping(monitor=OBJECTIVE, patience=self.cv.patience, restore_best_weights=True)
         history = model.fit(
             x_tr, y_tr, validation_data=(x_va, y_va), epochs=self.cv.epochs, batch_size=self.cv.batch_size,
-            verbose=0, callbacks=[stop, epoch_callback(self.progress)],
+            verbose=0, callbacks=[stop, epoch_callback(self.progress), interrupt.keras_callback()],
         ).history
         # EarlyStopping restores the weights of the first best epoch, so that epoch's
         # validation metrics are exactly what evaluating the restored model would give.
@@ -126,6 +127,7 @@ class CVTuner(keras_tuner.Tuner):
         }
 
     def on_trial_begin(self, trial):
+        interrupt.check()
         super().on_trial_begin(trial)
         done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
         self.progress.trial_start(trial.trial_id, trial.hyperparameters.values, done + 1, len(self.oracle.space))

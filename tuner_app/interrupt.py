@@ -1,0 +1,58 @@
+"""SIGTERM and Ctrl-C stop a search at the next safe point instead of mid-statement.
+
+A signal handler that raises can fire inside a finalizer, where Python swallows the
+exception. So the handlers only record the request; the search checks it at safe
+points (the start of every training/validation batch, every fold and every trial) and
+raises `SearchInterrupted` from there. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+from tuner_app.errors import SearchInterrupted
+
+_requested: int | None = None
+
+
+def _handler(signum, frame):
+    global _requested
+    if _requested is not None:  # asked twice: stop now
+        raise SearchInterrupted(signum)
+    _requested = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+    """While active, SIGTERM/SIGINT request a stop that `check()` turns into SearchInterrupted."""
+    global _requested
+    _requested = None
+    previous = {s: signal.signal(s, _handler) for s in signals}
+    try:
+        yield
+        check()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _requested = None
+
+
+def check() -> None:
+    """Raise SearchInterrupted if a stop was requested."""
+    if _requested is not None:
+        raise SearchInterrupted(_requested)
+
+
+def keras_callback():
+    """A Keras callback that calls `check()` before every batch (no logs, so no device sync)."""
+    import keras
+
+    class _Check(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            check()
+
+        def on_test_batch_begin(self, batch, logs=None):
+            check()
+
+    return _Check()

@@ -1,5 +1,5 @@
-import pytest
 import keras_tuner
+import pytest
 
 from tuner_app.hypermodel import CNNHyperModel, build_cnn
 from tuner_app.space import SearchSpace

@@ -55,7 +55,7 @@ def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupte
         proc = start_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p")
         # Let it make progress first (past start-up), then kill at a random moment.
         done = len(fold_records(pdir)) if pdir.exists() else 0
-        wait_for(lambda: pdir.exists() and len(fold_records(pdir)) > done, proc=proc)
+        wait_for(lambda done=done: pdir.exists() and len(fold_records(pdir)) > done, proc=proc)
         time.sleep(rng.uniform(0.0, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

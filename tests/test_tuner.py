@@ -49,7 +49,7 @@ def test_folds_are_stratified_and_fixed_by_the_seed(small_dataset):
 def test_resume_trains_only_the_missing_folds(project, tmp_path):
     import shutil
 
-    directory, pdir = project
+    directory, _ = project
     copy = tmp_path / "copy"
     shutil.copytree(directory, copy)
     trial_dir = copy / "p" / "trial_1"
@@ -76,3 +76,15 @@ def test_changed_settings_are_refused_and_nothing_is_touched(project):
     with pytest.raises(UsageError, match=r"cv.folds: 2 -> 3.*--overwrite"):
         run_search(load_dataset(MNIST_SMALL), SPACE, CVConfig(folds=3, epochs=1), directory, "p", train_limit=200)
     assert snapshot == {p: p.read_bytes() for p in pdir.rglob("*") if p.is_file()}
+
+
+def test_reusing_compiled_models_gives_the_same_fold_scores_as_fresh_ones(tmp_path):
+    """The default (model reuse on TensorFlow) scores every fold as a freshly compiled model does."""
+    space = SearchSpace(("8,16",), (0.001, 0.01), (32,))  # one architecture, two learning rates
+    fresh = run_search(load_dataset(MNIST_SMALL), space, CV, tmp_path, "fresh", train_limit=200, reuse_models=False)
+    again = run_search(load_dataset(MNIST_SMALL), space, CV, tmp_path, "default", train_limit=200)
+    score = {r["hyperparameters"]["learning_rate"]: [(f["val_accuracy"], f["val_loss"]) for f in r["folds"]]
+             for r in report.load_results(fresh)}
+    for r in report.load_results(again):
+        np.testing.assert_allclose([(f["val_accuracy"], f["val_loss"]) for f in r["folds"]],
+                                   score[r["hyperparameters"]["learning_rate"]], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,145 @@
+"""tuner-app against the seed notebook's pipeline, same data and workload, in one run.
+
+    python benchmarks/bench.py --workload small [--rounds 1] [--backend tensorflow]
+                               [--seed-pipeline ../shared/bench/seed_pipeline.py] [--data ../shared/data/mnist]
+
+Runs, alternating, (a) the seed's reference pipeline and (b) `tuner-app search` followed by
+`tuner-app retrain-best` with the equivalent options, each as its own process, and prints a table
+of wall seconds (whole processes, start-up included), the ratio tuner-app / seed, peak RSS, the
+chosen configuration, test accuracy, backend, device and machine. Writes the same as JSON
+(benchmarks/results/<workload>-<backend>-<date>.json unless --json is given). Time it on a quiet
+machine: another process training on the same cores doubles the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
+    "small": (3000, 1, 1),
+    "medium": (12000, 2, 2),
+    "full": (None, 5, 10),
+}
+
+
+def run(cmd: list[str], env: dict) -> dict:
+    """Run one process; its wall seconds, peak RSS (wait4's rusage of that child) and stdout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()[-3000:]}")
+        return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out.read()}
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def seed_run(args, limit, epochs, final, env) -> dict:
+    cmd = [sys.executable, str(args.seed_pipeline), "--data", str(args.data), "--epochs", str(epochs),
+           "--final-epochs", str(final)] + (["--train-limit", str(limit)] if limit else [])
+    r = run(cmd, {**env, "KERAS_BACKEND": args.seed_backend})
+    out = json.loads(r.pop("stdout").strip().splitlines()[-1])
+    return {"who": "seed", "backend": out["backend"], "device": "cpu (seed default)", "search_s": None,
+            "retrain_s": None, "total_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
+            "inner_search_s": out["search_s"], "inner_retrain_s": out["retrain_s"],
+            "best": f"{tuple(out['best']['filters'])} lr={out['best']['learning_rate']}",
+            "cv_score": out["best"]["avg_accuracy"], "test_accuracy": out["test_accuracy"]}
+
+
+def tuner_run(args, limit, epochs, final, env, directory) -> dict:
+    base = [sys.executable, "-m", "tuner_app"]
+    common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--quiet"]
+    search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common]
+                 + (["--train-limit", str(limit)] if limit else []), env)
+    retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common], env)
+    pdir = directory / "bench"
+    report = json.loads((pdir / "retrain.json").read_text())
+    rss_by_trial = []
+    for tdir in sorted(pdir.glob("trial_*")):
+        folds = json.loads((tdir / "folds.json").read_text())
+        rss_by_trial.append(folds[-1].get("rss_mb"))
+    hp = report["hyperparameters"]
+    return {"who": "tuner-app", "backend": report["backend"], "device": report["device"],
+            "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
+            "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
+            "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
+            "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
+            "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial}
+
+
+def table(rows: list[dict], ratio: float) -> str:
+    cols = ["who", "backend", "device", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
+                                       for c in cols) + " |")
+    lines.append(f"| ratio tuner-app / seed (total wall) | | | | | {ratio:.2f} | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="small")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating seed/tuner-app pairs")
+    ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="tuner-app's backend")
+    ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
+    ap.add_argument("--seed-pipeline", type=Path, default=ROOT.parent / "shared" / "bench" / "seed_pipeline.py")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    limit, epochs, final = WORKLOADS[args.workload]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            order = [seed_run, tuner_run] if i % 2 == 0 else [tuner_run, seed_run]
+            for fn in order:
+                row = (fn(args, limit, epochs, final, env) if fn is seed_run
+                       else fn(args, limit, epochs, final, env, Path(tmp) / f"r{i}"))
+                row["round"] = i + 1
+                rows.append(row)
+                print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
+                      file=sys.stderr, flush=True)
+    seed_total = sum(r["total_s"] for r in rows if r["who"] == "seed")
+    tuner_total = sum(r["total_s"] for r in rows if r["who"] == "tuner-app")
+    ratio = tuner_total / seed_total
+    result = {"workload": args.workload, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
+              "machine": machine(), "date": datetime.date.today().isoformat(),
+              "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
+              "ratio_total": round(ratio, 3), "rows": rows}
+    print(table(rows, ratio))
+    print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
+    path = args.json or ROOT / "benchmarks" / "results" / f"{args.workload}-{args.backend}-{result['date']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -96,14 +96,21 @@ def search(
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
     """Score every grid point by stratified K-fold CV; resumes an interrupted search."""
+    from tuner_app import distributed
     from tuner_app.space import DEFAULT_DENSE_UNITS, DEFAULT_FILTERS, DEFAULT_LEARNING_RATES, SearchSpace
 
     state.validate_project_name(project)
     space = SearchSpace(tuple(filters or DEFAULT_FILTERS), tuple(learning_rate or DEFAULT_LEARNING_RATES),
                         tuple(dense_units or DEFAULT_DENSE_UNITS))
+    if workers is not None and distributed.role() is None:
+        code = distributed.launch(_without_workers(sys.argv[sys.argv.index("search") + 1:]), workers, quiet)
+        if code == 0 and not quiet:
+            _show(state.project_dir(directory, project), folds)
+        raise typer.Exit(code)
     info = _start(backend, device)
     from tuner_app.tuner import CVConfig, run_search
 
@@ -113,7 +120,7 @@ def search(
         err.print(f"backend {info['backend']} on {info['device']}; {len(space)} grid points x {folds} folds")
     pdir = state.project_dir(directory, project)
     try:
-        with stop_on_signals():
+        with stop_on_signals(immediate=distributed.role() == "chief"):
             run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet))
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
@@ -123,6 +130,18 @@ def search(
         raise typer.Exit(128 + signum) from None
     if not quiet:
         _show(pdir, folds)
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 def _show(pdir: Path, folds: int | None = None) -> None:

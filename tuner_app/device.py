@@ -39,11 +39,19 @@ def configure(backend: str | None = None, device: str = "auto") -> None:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ["JAX_PLATFORMS"] = "cpu"
+    threads = os.environ.get("TUNER_APP_THREADS")  # set by the --workers launcher to share the cores
+    if threads:
+        for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ[var] = threads
     try:
         with native_stderr_muted():
             import keras  # noqa: F401  (import now: a missing backend is a usage error)
     except ImportError as e:
         raise UsageError(f"--backend {wanted}: the backend is not installed ({e}); pip install {wanted}") from None
+    if threads and wanted == "torch":
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @contextlib.contextmanager

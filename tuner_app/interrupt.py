@@ -18,16 +18,25 @@ _requested: int | None = None
 
 def _handler(signum, frame):
     global _requested
-    if _requested is not None:  # asked twice: stop now
+    if _requested is not None or _immediate:  # asked twice, or nothing to wait for: stop now
         raise SearchInterrupted(signum)
     _requested = signum
 
 
+_immediate = False
+
+
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
-    """While active, SIGTERM/SIGINT request a stop that `check()` turns into SearchInterrupted."""
-    global _requested
-    _requested = None
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT), immediate: bool = False):
+    """While active, SIGTERM/SIGINT request a stop that `check()` turns into SearchInterrupted.
+
+    Args:
+        signals: The signals to handle.
+        immediate: Raise from the handler at once (a chief that only serves the oracle
+            and never reaches a check point).
+    """
+    global _requested, _immediate
+    _requested, _immediate = None, immediate
     previous = {s: signal.signal(s, _handler) for s in signals}
     try:
         yield

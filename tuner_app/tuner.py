@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import data as data_mod
-from tuner_app import interrupt, state
+from tuner_app import distributed, interrupt, state
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.hypermodel import CNNHyperModel
 from tuner_app.oracle import ResumableGridOracle
@@ -81,6 +81,7 @@ class CVTuner(keras_tuner.Tuner):
         # PyTorch model drifts from a fresh one in the last digits and has no tracing to save.
         self.reuse_models = keras.backend.backend() == "tensorflow" if reuse_models is None else reuse_models
         self._model = self._model_key = self._optimizer_init = None
+        self.space = kwargs["oracle"].space  # a worker's oracle becomes a gRPC client without it
         super().__init__(**kwargs)
 
     def splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -159,16 +160,32 @@ class CVTuner(keras_tuner.Tuner):
         model.optimizer.learning_rate = hp.values["learning_rate"]
         return model
 
+    def pre_create_trial(self):
+        # A worker told IDLE (the last points are running elsewhere) asks again at once in
+        # KerasTuner's loop; wait a little instead of hammering the chief.
+        if getattr(self, "_asked", False):
+            time.sleep(1.0)
+        self._asked = True
+        interrupt.check()
+
     def on_trial_begin(self, trial):
+        self._asked = False
         interrupt.check()
         super().on_trial_begin(trial)
-        done = sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
-        self.progress.trial_start(trial.trial_id, trial.hyperparameters.values, done + 1, len(self.oracle.space))
+        done = self.completed()
+        self.progress.trial_start(trial.trial_id, trial.hyperparameters.values, None if done is None else done + 1,
+                                  len(self.space))
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         ended = self.oracle.get_trial(trial.trial_id)
         self.progress.trial_end(trial.trial_id, ended.score, ended.status)
+
+    def completed(self) -> int | None:
+        """Completed trials so far; None on a worker, which does not see the chief's trials."""
+        if self._is_worker():
+            return None
+        return sum(t.status == "COMPLETED" for t in self.oracle.trials.values())
 
     def save(self):
         if not self._is_worker():
@@ -215,17 +232,21 @@ def config_differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def _check_stored_config(pdir: Path, config: dict) -> None:
+    stored = state.read_json(pdir / state.SEARCH_FILE, "search configuration")
+    diffs = config_differences({k: stored.get(k) for k in config}, config)
+    if diffs:
+        raise UsageError(
+            f"project {pdir} was searched with other settings ({'; '.join(diffs)}); "
+            "rerun with the stored settings to resume, or pass --overwrite or a new --project"
+        )
+
+
 def _prepare_project(pdir: Path, config: dict, overwrite: bool) -> None:
     """Refuse a resume whose settings differ; start over on --overwrite; write search.json."""
     if pdir.exists() and not overwrite:
         if (pdir / state.SEARCH_FILE).exists():
-            stored = state.read_json(pdir / state.SEARCH_FILE, "search configuration")
-            diffs = config_differences({k: stored.get(k) for k in config}, config)
-            if diffs:
-                raise UsageError(
-                    f"project {pdir} was searched with other settings ({'; '.join(diffs)}); "
-                    "rerun with the stored settings to resume, or pass --overwrite or a new --project"
-                )
+            _check_stored_config(pdir, config)
             state.check_state(pdir)
             return
         if any(pdir.iterdir()):
@@ -270,23 +291,29 @@ def run_search(
     config = search_config(dataset, space, cv, train_limit)
     x = data_mod.scale_images(dataset.x_train)
 
-    with state.ProjectLock(Path(directory), project):
-        _prepare_project(pdir, config, overwrite)
+    role = distributed.role()
+    # Only the oracle's owner (a lone search, or the chief) locks and prepares the project;
+    # workers wait for the chief's search.json and must match it.
+    with contextlib.nullcontext() if role == "worker" else state.ProjectLock(Path(directory), project):
+        if role == "worker":
+            distributed.wait_for_file(pdir / state.SEARCH_FILE)
+            _check_stored_config(pdir, config)
+        else:
+            _prepare_project(pdir, config, overwrite)
         oracle = ResumableGridOracle(space, objective=keras_tuner.Objective(OBJECTIVE, "max"),
                                      max_trials=len(space), seed=cv.seed)
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             tuner = CVTuner(cv, progress, reuse_models, oracle=oracle,
                             hypermodel=CNNHyperModel(dataset.input_shape, dataset.num_classes, space),
                             directory=str(directory), project_name=project)
-        done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
-        progress.search_start(len(space), done, str(pdir))
+        progress.search_start(len(space), tuner.completed() or 0, str(pdir))
         try:
             tuner.search(x, dataset.y_train, verbose=0)
         except RuntimeError as e:  # KerasTuner's "consecutive failures exceeded the limit"
             raise TunerAppError(f"search stopped: {str(e).splitlines()[0]}; {_failure_hint(tuner)}") from None
         finally:
             progress.close()
-    failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
+    failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
     if failed:
         raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
     return pdir

@@ -88,3 +88,12 @@ def test_reusing_compiled_models_gives_the_same_fold_scores_as_fresh_ones(tmp_pa
     for r in report.load_results(again):
         np.testing.assert_allclose([(f["val_accuracy"], f["val_loss"]) for f in r["folds"]],
                                    score[r["hyperparameters"]["learning_rate"]], rtol=1e-5, atol=1e-6)
+
+
+def test_tensorboard_logs_per_trial_and_fold_with_hparams(tmp_path):
+    space = SearchSpace(("8,16",), (0.01,), (16,))
+    pdir = run_search(load_dataset(MNIST_SMALL), space, CV, tmp_path, "tb", train_limit=100, tensorboard=True)
+    for k in (1, 2):
+        fold = pdir / "tensorboard" / "trial_0" / f"fold_{k}"
+        assert b"hparams" in b"".join(p.read_bytes() for p in fold.glob("events.out.tfevents.*"))
+        assert b"epoch_accuracy" in b"".join(p.read_bytes() for p in (fold / "validation").glob("events.*"))

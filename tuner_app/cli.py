@@ -18,7 +18,7 @@ import typer
 from typer.exceptions import Abort, TyperException
 
 from tuner_app import report, state
-from tuner_app.errors import SearchInterrupted, TunerAppError
+from tuner_app.errors import SearchInterrupted, TunerAppError, UsageError
 from tuner_app.interrupt import stop_on_signals
 
 app = typer.Typer(
@@ -96,6 +96,7 @@ def search(
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
@@ -121,7 +122,8 @@ def search(
     pdir = state.project_dir(directory, project)
     try:
         with stop_on_signals(immediate=distributed.role() == "chief"):
-            run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet))
+            run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet),
+                       tensorboard=tensorboard)
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
         done = sum(r["status"] == "COMPLETED" for r in report.load_results(pdir)) if (pdir / state.SEARCH_FILE).exists() else 0
@@ -159,9 +161,18 @@ def results(
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for tools.")] = Format.table,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of every configuration's fold accuracies.")] = None,
 ):
     """Show a project's trials ranked by mean fold accuracy (also while a search runs)."""
     pdir = state.project_dir(directory, project)
+    if plot is not None:
+        from tuner_app.plots import plot_results
+
+        if plot.suffix.lower() != ".png":
+            raise UsageError(f"--plot {plot}: give a .png file name")
+        state.check_writable(plot.parent)
+        plot_results(report.load_results(pdir), plot)
+        err.print(f"wrote {plot}")
     if format is Format.table:
         folds = state.read_search(pdir)["cv"]["folds"]
         _show(pdir, folds)
@@ -203,7 +214,8 @@ def retrain_best(
     if not quiet:
         err.print(f"trial {result['trial_id']}: filters={hp['filters']} learning_rate={hp['learning_rate']:g} "
                   f"dense_units={hp['dense_units']} (CV {result['cv_score']:.4f}); {result['backend']} on "
-                  f"{result['device']}, {result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE} and {pdir / state.RETRAIN_FILE}")
+                  f"{result['device']}, {result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
+                  f"{state.CURVES_FILE} and {state.CONFUSION_FILE}", soft_wrap=True)
     print(f"test accuracy: {result['test_accuracy']:.4f}")
 
 

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from tuner_app import data as data_mod
-from tuner_app import report, state
+from tuner_app import plots, report, state
 from tuner_app.errors import DataError, UsageError
 from tuner_app.hypermodel import build_cnn
 from tuner_app.progress import Progress, epoch_callback
@@ -115,6 +117,8 @@ def retrain_best(
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=config.batch_size, verbose=0)
     seconds = time.perf_counter() - start
     progress.close()
+    predicted = np.argmax(model.predict(x_test, batch_size=config.batch_size, verbose=0), axis=1)
+    confusion = confusion_matrix(dataset.y_test, predicted, labels=list(range(classes)))
 
     save_model_atomic(model, pdir / state.MODEL_FILE)
     result = {
@@ -126,9 +130,13 @@ def retrain_best(
         "backend": keras.backend.backend(), "device": (device_info or {}).get("device", "cpu"),
         "gpus": (device_info or {}).get("gpus", []),
         "train_seconds": round(train_seconds, 2), "seconds": round(seconds, 2),
+        "confusion_matrix": confusion.tolist(),
         "data": dataset.source, "model": str(pdir / state.MODEL_FILE),
+        "plots": [str(pdir / state.CURVES_FILE), str(pdir / state.CONFUSION_FILE)],
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    plots.plot_history(result["history"], pdir / state.CURVES_FILE)
+    plots.plot_confusion(confusion, pdir / state.CONFUSION_FILE)
     state.atomic_write_json(pdir / state.RETRAIN_FILE, result)
     return result
 

@@ -5,7 +5,8 @@ trial_<id>/trial.json) plus tuner-app's files beside it:
 
     search.json             the search's configuration and data fingerprint
     trial_<id>/folds.json   per-fold records of that trial, appended as folds finish
-    best_model.keras, retrain.json   written by retrain-best
+    best_model.keras, retrain.json, learning_curves.png, confusion_matrix.png
+                            written by retrain-best
 
 `<directory>/.<project>.lock` is held (flock) by the process that runs the search; it
 sits beside the project so that --overwrite can delete the project while holding it.
@@ -32,6 +33,8 @@ TRIAL_FILE = "trial.json"
 ORACLE_FILE = "oracle.json"
 MODEL_FILE = "best_model.keras"
 RETRAIN_FILE = "retrain.json"
+CURVES_FILE = "learning_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import data as data_mod
-from tuner_app import distributed, interrupt, state
+from tuner_app import device, distributed, interrupt, state
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.hypermodel import CNNHyperModel
 from tuner_app.oracle import ResumableGridOracle
@@ -68,14 +68,17 @@ class CVTuner(keras_tuner.Tuner):
     Args:
         cv: Folds, seed, epochs, batch size, patience.
         progress: Listener for trial/fold/epoch events.
+        tensorboard: Write TensorBoard logs (and HParams) to `<project>/tensorboard/trial_<id>/fold_<k>`.
         reuse_models: Re-initialise one compiled model per architecture instead of
             compiling a new one per fold (same results, less overhead). None: on
             TensorFlow only.
         **kwargs: Passed to `keras_tuner.Tuner` (oracle, hypermodel, directory, project_name).
     """
 
-    def __init__(self, cv: CVConfig, progress: Progress | None = None, reuse_models: bool | None = None, **kwargs):
+    def __init__(self, cv: CVConfig, progress: Progress | None = None, reuse_models: bool | None = None,
+                 tensorboard: bool = False, **kwargs):
         self.cv = cv
+        self.tensorboard = tensorboard
         self.progress = progress or Progress()
         # Only TensorFlow both gains (tracing) and is checked to give identical folds; a reused
         # PyTorch model drifts from a fresh one in the last digits and has no tracing to save.
@@ -100,21 +103,32 @@ class CVTuner(keras_tuner.Tuner):
                 self.progress.fold_reused(records[k], folds)
                 continue
             interrupt.check()
-            records[k] = self._fit_fold(trial.hyperparameters, k, x[tr], y_onehot[tr], x[va], y_onehot[va])
+            callbacks = self._tensorboard(trial, k) if self.tensorboard else []
+            records[k] = self._fit_fold(trial.hyperparameters, k, x[tr], y_onehot[tr], x[va], y_onehot[va], callbacks)
             state.atomic_write_json(trial_dir / state.FOLDS_FILE, [records[i] for i in sorted(records)])
             self.progress.fold_end(records[k], folds)
         accs = [records[i]["val_accuracy"] for i in sorted(records)]
         losses = [records[i]["val_loss"] for i in sorted(records)]
         return {OBJECTIVE: float(np.mean(accs)), "val_loss": float(np.mean(losses))}
 
-    def _fit_fold(self, hp, k, x_tr, y_tr, x_va, y_va) -> dict:
+    def _tensorboard(self, trial, k: int) -> list:
+        """A TensorBoard callback for this fold, with the trial's HParams written beside it."""
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        logdir = Path(self.project_dir) / "tensorboard" / f"trial_{trial.trial_id}" / f"fold_{k}"
+        with tf.summary.create_file_writer(str(logdir)).as_default():
+            hparams_api.hparams(dict(trial.hyperparameters.values), trial_id=f"{trial.trial_id}/fold_{k}")
+        return [keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False, profile_batch=0)]
+
+    def _fit_fold(self, hp, k, x_tr, y_tr, x_va, y_va, callbacks=()) -> dict:
         self.progress.fold_start(k, self.cv.folds, self.cv.epochs)
         start = time.perf_counter()
         model = self._fresh_model(hp, self.cv.seed + k)
         stop = keras.callbacks.EarlyStopping(monitor=OBJECTIVE, patience=self.cv.patience, restore_best_weights=True)
         history = model.fit(
             x_tr, y_tr, validation_data=(x_va, y_va), epochs=self.cv.epochs, batch_size=self.cv.batch_size,
-            verbose=0, callbacks=[stop, epoch_callback(self.progress), interrupt.keras_callback()],
+            verbose=0, callbacks=[stop, epoch_callback(self.progress), interrupt.keras_callback(), *callbacks],
         ).history
         # EarlyStopping restores the weights of the first best epoch, so that epoch's
         # validation metrics are exactly what evaluating the restored model would give.
@@ -267,6 +281,7 @@ def run_search(
     overwrite: bool = False,
     progress: Progress | None = None,
     reuse_models: bool | None = None,
+    tensorboard: bool = False,
 ) -> Path:
     """Run (or resume) the grid search with K-fold CV; return the project directory.
 
@@ -280,8 +295,16 @@ def run_search(
         overwrite: Delete an existing project of that name first.
         progress: Listener for progress events.
         reuse_models: See `CVTuner`; False compiles a new model for every fold.
+        tensorboard: Write TensorBoard logs per trial and fold (needs the tensorflow package).
     """
     space, cv = space or SearchSpace(), cv or CVConfig()
+    if tensorboard:
+        try:
+            with device.native_stderr_muted():
+                import tensorboard as _tb  # noqa: F401
+                import tensorflow as _tf  # noqa: F401  (tf.summary writes the logs, whatever the backend)
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorflow and tensorboard packages: pip install 'tuner-app[tensorboard]'") from None
     progress = progress or Progress()
     pdir = state.project_dir(directory, project)
     state.check_writable(Path(directory))
@@ -303,7 +326,7 @@ def run_search(
         oracle = ResumableGridOracle(space, objective=keras_tuner.Objective(OBJECTIVE, "max"),
                                      max_trials=len(space), seed=cv.seed)
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
-            tuner = CVTuner(cv, progress, reuse_models, oracle=oracle,
+            tuner = CVTuner(cv, progress, reuse_models, tensorboard, oracle=oracle,
                             hypermodel=CNNHyperModel(dataset.input_shape, dataset.num_classes, space),
                             directory=str(directory), project_name=project)
         progress.search_start(len(space), tuner.completed() or 0, str(pdir))

@@ -18,7 +18,7 @@ RUN python -m pip install --no-cache-dir . \
     && mkdir -p /work/tuning_dirs \
     && chown -R tuner:tuner /work
 
-USER tuner
+USER 1000:1000
 WORKDIR /work
 VOLUME ["/work/tuning_dirs"]
 HEALTHCHECK --interval=5m --timeout=30s CMD ["tuner-app", "--help"]

@@ -28,6 +28,8 @@ def load_results(pdir: Path) -> list[dict]:
     state.read_search(pdir)
     results = []
     for tdir in state.trial_dirs(pdir):
+        if not (tdir / state.TRIAL_FILE).exists() and not (tdir / state.FOLDS_FILE).exists():
+            continue  # created this instant by a running search; its trial.json follows
         trial = state.read_json(tdir / state.TRIAL_FILE, "trial state")
         try:
             values = trial["hyperparameters"]["values"]

@@ -39,3 +39,18 @@ def test_retrain_best_writes_learning_curves_and_confusion_matrix(searched):
     matrix = np.array(retrain["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == retrain["test_size"]
     assert abs(np.trace(matrix) / matrix.sum() - retrain["test_accuracy"]) < 1e-6
+
+
+def test_retrain_test_metrics_equal_keras_evaluate(searched, small_dataset):
+    """retrain-best computes test loss/accuracy from one predict pass; they must equal evaluate()."""
+    import keras
+
+    from tuner_app.data import one_hot, scale_images
+
+    run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "300",
+            check=True)
+    retrain = json.loads((searched / "small" / "retrain.json").read_text())
+    model = keras.saving.load_model(str(searched / "small" / "best_model.keras"))
+    loss, acc = model.evaluate(scale_images(small_dataset.x_test), one_hot(small_dataset.y_test, 10), verbose=0)
+    assert abs(retrain["test_accuracy"] - acc) < 1e-6
+    assert abs(retrain["test_loss"] - loss) < 1e-4

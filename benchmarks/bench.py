@@ -75,7 +75,8 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
     base = [sys.executable, "-m", "tuner_app"]
     common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--quiet"]
     search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common]
-                 + (["--train-limit", str(limit)] if limit else []), env)
+                 + (["--train-limit", str(limit)] if limit else [])
+                 + (["--workers", str(args.workers)] if args.workers else []), env)
     retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common], env)
     pdir = directory / "bench"
     report = json.loads((pdir / "retrain.json").read_text())
@@ -84,7 +85,7 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
         folds = json.loads((tdir / "folds.json").read_text())
         rss_by_trial.append(folds[-1].get("rss_mb"))
     hp = report["hyperparameters"]
-    return {"who": "tuner-app", "backend": report["backend"], "device": report["device"],
+    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else ""), "backend": report["backend"], "device": report["device"],
             "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
             "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
             "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="small")
     ap.add_argument("--rounds", type=int, default=1, help="alternating seed/tuner-app pairs")
     ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="tuner-app's backend")
+    ap.add_argument("--workers", type=int, help="tuner-app search --workers N (chief + N worker processes)")
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
     ap.add_argument("--seed-pipeline", type=Path, default=ROOT.parent / "shared" / "bench" / "seed_pipeline.py")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
@@ -127,7 +129,7 @@ def main() -> None:
                 print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
                       file=sys.stderr, flush=True)
     seed_total = sum(r["total_s"] for r in rows if r["who"] == "seed")
-    tuner_total = sum(r["total_s"] for r in rows if r["who"] == "tuner-app")
+    tuner_total = sum(r["total_s"] for r in rows if r["who"].startswith("tuner-app"))
     ratio = tuner_total / seed_total
     result = {"workload": args.workload, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
@@ -135,7 +137,8 @@ def main() -> None:
               "ratio_total": round(ratio, 3), "rows": rows}
     print(table(rows, ratio))
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
-    path = args.json or ROOT / "benchmarks" / "results" / f"{args.workload}-{args.backend}-{result['date']}.json"
+    name = f"{args.workload}-{args.backend}" + (f"-workers{args.workers}" if args.workers else "")
+    path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

@@ -77,7 +77,9 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
     search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common]
                  + (["--train-limit", str(limit)] if limit else [])
                  + (["--workers", str(args.workers)] if args.workers else []), env)
-    retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common], env)
+    # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
+    retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common]
+                  + (["--train-limit", str(limit)] if limit else []), env)
     pdir = directory / "bench"
     report = json.loads((pdir / "retrain.json").read_text())
     rss_by_trial = []

@@ -70,7 +70,7 @@ def visible_gpus() -> list[str]:
 
 def _pump(stream, prefix: str, quiet: bool) -> None:
     for line in stream:
-        if line.strip() and not quiet or "error" in line.lower():
+        if (line.strip() and not quiet) or "error" in line.lower():
             sys.stderr.write(f"{prefix} {line}")
             sys.stderr.flush()
 
@@ -134,7 +134,7 @@ def launch(search_args: list[str], workers: int, quiet: bool = False) -> int:
                     p.restarts += 1
                     sys.stderr.write(f"[{p.name}] killed by signal {-code}; restarting it ({p.restarts}/{MAX_RESTARTS})\n")
                     p.start()
-                elif code not in (None, 0) and code > 0 and not stopping:
+                elif code is not None and code > 0 and not stopping:
                     stop(signal.SIGTERM, None)  # a worker failed for real: stop the others
             time.sleep(0.2)
         for p in procs[1:]:

@@ -14,6 +14,7 @@ import signal
 from tuner_app.errors import SearchInterrupted
 
 _requested: int | None = None
+_immediate = False
 
 
 def _handler(signum, frame):
@@ -21,9 +22,6 @@ def _handler(signum, frame):
     if _requested is not None or _immediate:  # asked twice, or nothing to wait for: stop now
         raise SearchInterrupted(signum)
     _requested = signum
-
-
-_immediate = False
 
 
 @contextlib.contextmanager

@@ -84,6 +84,7 @@ class CVTuner(keras_tuner.Tuner):
         # PyTorch model drifts from a fresh one in the last digits and has no tracing to save.
         self.reuse_models = keras.backend.backend() == "tensorflow" if reuse_models is None else reuse_models
         self._model = self._model_key = self._optimizer_init = None
+        self._asked = False  # asked the oracle for a trial and got none yet (IDLE)
         self.space = kwargs["oracle"].space  # a worker's oracle becomes a gRPC client without it
         super().__init__(**kwargs)
 
@@ -177,7 +178,7 @@ class CVTuner(keras_tuner.Tuner):
     def pre_create_trial(self):
         # A worker told IDLE (the last points are running elsewhere) asks again at once in
         # KerasTuner's loop; wait a little instead of hammering the chief.
-        if getattr(self, "_asked", False):
+        if self._asked:
             time.sleep(1.0)
         self._asked = True
         interrupt.check()

@@ -42,6 +42,7 @@ CASES = [
     ("project with a separator", ["--project", "a/b"], "--project"),
     ("project with ..", ["--project", ".."], "--project"),
     ("unknown device", ["--device", "tpu"], "--device"),
+    ("unknown precision", ["--precision", "fp8"], "--precision"),
     ("unknown dataset", ["--data", None, "--dataset", "imagenet"], "--dataset"),
 ]
 

@@ -46,6 +46,7 @@ def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched)
     assert report["epochs"] == 2 and len(report["history"]["accuracy"]) == 2 and "val_accuracy" in report["history"]
     assert report["train_size"] == 1000 and report["test_size"] == 300  # the whole (fixture) training set
     assert report["backend"] and report["device"] == "cpu" and report["seconds"] > 0
+    assert report["precision"] == json.loads((pdir / "search.json").read_text())["cv"]["precision"]  # the search's
     assert report["test_accuracy"] > 0.3  # well above chance (0.1) after 2 epochs on 900 images
 
     from tuner_app.retrain import evaluate_saved

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -75,14 +76,19 @@ def test_changed_settings_are_refused_and_nothing_is_touched(project):
     snapshot = {p: p.read_bytes() for p in pdir.rglob("*") if p.is_file()}
     with pytest.raises(UsageError, match=r"cv.folds: 2 -> 3.*--overwrite"):
         run_search(load_dataset(MNIST_SMALL), SPACE, CVConfig(folds=3, epochs=1), directory, "p", train_limit=200)
+    mixed = dataclasses.replace(CV, precision="mixed_bfloat16")
+    with pytest.raises(UsageError, match=r"cv.precision: float32 -> mixed_bfloat16"):
+        run_search(load_dataset(MNIST_SMALL), SPACE, mixed, directory, "p", train_limit=200)
     assert snapshot == {p: p.read_bytes() for p in pdir.rglob("*") if p.is_file()}
 
 
-def test_reusing_compiled_models_gives_the_same_fold_scores_as_fresh_ones(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_reusing_compiled_models_gives_the_same_fold_scores_as_fresh_ones(tmp_path, precision):
     """The default (model reuse on TensorFlow) scores every fold as a freshly compiled model does."""
     space = SearchSpace(("8,16",), (0.001, 0.01), (32,))  # one architecture, two learning rates
-    fresh = run_search(load_dataset(MNIST_SMALL), space, CV, tmp_path, "fresh", train_limit=200, reuse_models=False)
-    again = run_search(load_dataset(MNIST_SMALL), space, CV, tmp_path, "default", train_limit=200)
+    cv = dataclasses.replace(CV, precision=precision)
+    fresh = run_search(load_dataset(MNIST_SMALL), space, cv, tmp_path, "fresh", train_limit=200, reuse_models=False)
+    again = run_search(load_dataset(MNIST_SMALL), space, cv, tmp_path, "default", train_limit=200)
     score = {r["hyperparameters"]["learning_rate"]: [(f["val_accuracy"], f["val_loss"]) for f in r["folds"]]
              for r in report.load_results(fresh)}
     for r in report.load_results(again):

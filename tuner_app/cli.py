@@ -44,6 +44,12 @@ class Backend(str, Enum):
     torch = "torch"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    mixed = "mixed"
+
+
 class Format(str, Enum):
     table = "table"
     csv = "csv"
@@ -56,6 +62,7 @@ DirectoryOpt = Annotated[Path, typer.Option(help="Parent directory of all search
 ProjectOpt = Annotated[str, typer.Option(help="Project name; state lives in DIRECTORY/PROJECT.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
 BackendOpt = Annotated[Backend | None, typer.Option(help="Keras backend (default: $KERAS_BACKEND, else tensorflow).", show_default=False)]
+PrecisionOpt = Annotated[Precision, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (for scripts).")]
 
 
@@ -96,6 +103,7 @@ def search(
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
+    precision: PrecisionOpt = Precision.auto,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     quiet: QuietOpt = False,
@@ -113,12 +121,14 @@ def search(
             _show(state.project_dir(directory, project), folds)
         raise typer.Exit(code)
     info = _start(backend, device)
+    from tuner_app.device import precision as resolve_precision
     from tuner_app.tuner import CVConfig, run_search
 
-    cv = CVConfig(folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience)
+    cv = CVConfig(folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
+                  precision=resolve_precision(precision.value, info))
     ds = _load(data, dataset)
     if not quiet:
-        err.print(f"backend {info['backend']} on {info['device']}; {len(space)} grid points x {folds} folds")
+        err.print(f"backend {info['backend']} on {info['device']}, {cv.precision}; {len(space)} grid points x {folds} folds")
     pdir = state.project_dir(directory, project)
     try:
         with stop_on_signals(immediate=distributed.role() == "chief"):
@@ -194,6 +204,7 @@ def retrain_best(
     seed: Annotated[int | None, typer.Option(help="Weight-initialisation seed. [default: the search's --seed]", show_default=False)] = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
+    precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: the search's]", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
     """Train the best trial's model on the whole training set, test it, save it."""
@@ -201,10 +212,12 @@ def retrain_best(
     searched = state.read_search(pdir)
     info = _start(backend, device)
     from tuner_app.data import KERAS_DATASETS
+    from tuner_app.device import precision as resolve_precision
     from tuner_app.retrain import RetrainConfig
     from tuner_app.retrain import retrain_best as run_retrain
 
-    config = RetrainConfig(epochs=epochs, batch_size=batch_size, validation_split=validation_split, seed=seed)
+    config = RetrainConfig(epochs=epochs, batch_size=batch_size, validation_split=validation_split, seed=seed,
+                           precision=None if precision is None else resolve_precision(precision.value, info))
     if data is None and dataset is None:  # default: the data the search used
         source = searched["data"]["source"]
         data, dataset = (None, source) if source in KERAS_DATASETS else (Path(source), "mnist")
@@ -214,7 +227,7 @@ def retrain_best(
     if not quiet:
         err.print(f"trial {result['trial_id']}: filters={hp['filters']} learning_rate={hp['learning_rate']:g} "
                   f"dense_units={hp['dense_units']} (CV {result['cv_score']:.4f}); {result['backend']} on "
-                  f"{result['device']}, {result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
+                  f"{result['device']} ({result['precision']}), {result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
                   f"{state.CURVES_FILE} and {state.CONFUSION_FILE}", soft_wrap=True)
     print(f"test accuracy: {result['test_accuracy']:.4f}")
 

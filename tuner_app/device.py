@@ -16,6 +16,7 @@ from tuner_app.errors import UsageError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = {"auto": None, "float32": "float32", "mixed": "mixed_bfloat16"}
 
 
 def configure(backend: str | None = None, device: str = "auto") -> None:
@@ -110,3 +111,52 @@ def resolve(device: str = "auto") -> dict:
     if device == "gpu" and not gpus:
         raise UsageError(f"--device gpu: the {backend} backend sees no GPU; use --device cpu, or check the driver/CUDA_VISIBLE_DEVICES")
     return {"backend": backend, "device": "gpu" if gpus else "cpu", "gpus": gpus}
+
+
+def precision(requested: str, info: dict) -> str:
+    """The Keras dtype policy to train with: "float32" or "mixed_bfloat16".
+
+    `auto` takes bfloat16 arithmetic (float32 weights) where the hardware runs it natively
+    and much faster: a GPU of compute capability 8.0 or newer (A100, H100, ...), or a CPU
+    with AMX-BF16 matrix units (Intel Sapphire Rapids and newer). Everywhere else float32.
+
+    Args:
+        requested: "auto", "float32" or "mixed".
+        info: What `resolve` returned.
+    """
+    if requested not in PRECISIONS:
+        raise UsageError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if PRECISIONS[requested]:
+        return PRECISIONS[requested]
+    fast = _gpu_has_bf16(info["backend"]) if info["device"] == "gpu" else _cpu_has_amx_bf16()
+    return "mixed_bfloat16" if fast else "float32"
+
+
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _gpu_has_bf16(backend: str) -> bool:
+    try:
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_capability(0) >= (8, 0)
+        if backend == "jax":
+            import jax
+
+            gpu = next(d for d in jax.devices() if d.platform != "cpu")
+            return float(getattr(gpu, "compute_capability", "0")) >= 8.0
+        import tensorflow as tf
+
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        return tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
+    except (ImportError, RuntimeError, ValueError, AttributeError, IndexError, StopIteration):  # unknown: float32
+        return False

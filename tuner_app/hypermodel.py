@@ -15,6 +15,7 @@ def build_cnn(
     filters: tuple[int, int] = (32, 64),
     dense_units: int = 120,
     learning_rate: float = 0.001,
+    precision: str = "float32",
 ) -> keras.Model:
     """Build and compile the seed notebook's CNN.
 
@@ -27,17 +28,20 @@ def build_cnn(
         filters: Filter counts of the two convolutions.
         dense_units: Width of the hidden dense layer.
         learning_rate: Adam's learning rate.
+        precision: A Keras dtype policy: "float32", or "mixed_bfloat16" (bfloat16 arithmetic,
+            float32 weights; the softmax output stays float32 so the loss is computed in float32).
     """
+    policy = keras.DTypePolicy(precision)
     model = keras.Sequential(
         [
             keras.Input(shape=tuple(input_shape)),
-            layers.Conv2D(filters[0], (5, 5), activation="relu"),
-            layers.MaxPooling2D((2, 2)),
-            layers.Conv2D(filters[1], (5, 5), activation="relu"),
-            layers.MaxPooling2D((2, 2)),
-            layers.Flatten(),
-            layers.Dense(dense_units, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Conv2D(filters[0], (5, 5), activation="relu", dtype=policy),
+            layers.MaxPooling2D((2, 2), dtype=policy),
+            layers.Conv2D(filters[1], (5, 5), activation="relu", dtype=policy),
+            layers.MaxPooling2D((2, 2), dtype=policy),
+            layers.Flatten(dtype=policy),
+            layers.Dense(dense_units, activation="relu", dtype=policy),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
         ],
         name="lenet_cnn",
     )
@@ -56,10 +60,13 @@ class CNNHyperModel(keras_tuner.HyperModel):
         input_shape: (H, W, C) of one image.
         num_classes: Number of output classes.
         space: The grid whose values the hyperparameters take.
+        precision: Dtype policy of the built models (see `build_cnn`).
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, space: SearchSpace | None = None):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, space: SearchSpace | None = None,
+                 precision: str = "float32"):
         super().__init__(name="lenet_cnn")
+        self.precision = precision
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.space = space or SearchSpace()
@@ -69,4 +76,5 @@ class CNNHyperModel(keras_tuner.HyperModel):
         filters = hp.Choice("filters", [filters_label(f) for f in s.filters], ordered=False)
         learning_rate = hp.Choice("learning_rate", list(s.learning_rates), ordered=False)
         dense_units = hp.Choice("dense_units", list(s.dense_units), ordered=False)
-        return build_cnn(self.input_shape, self.num_classes, parse_filters(filters), dense_units, learning_rate)
+        return build_cnn(self.input_shape, self.num_classes, parse_filters(filters), dense_units, learning_rate,
+                         self.precision)

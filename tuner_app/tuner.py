@@ -43,6 +43,7 @@ class CVConfig:
         epochs: Maximum epochs per fold.
         batch_size: Training batch size.
         patience: EarlyStopping patience on val_accuracy (best weights restored).
+        precision: Keras dtype policy, "float32" or "mixed_bfloat16" (see `device.precision`).
     """
 
     folds: int = 5
@@ -50,6 +51,7 @@ class CVConfig:
     epochs: int = 5
     batch_size: int = 128
     patience: int = 3
+    precision: str = "float32"
 
     def __post_init__(self):
         if not isinstance(self.folds, int) or self.folds < 2:
@@ -60,6 +62,8 @@ class CVConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
             raise UsageError(f"--seed {self.seed}: must be an integer in [0, 2**31)")
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise UsageError(f"precision {self.precision!r}: use 'float32' or 'mixed_bfloat16'")
 
 
 class CVTuner(keras_tuner.Tuner):
@@ -84,6 +88,7 @@ class CVTuner(keras_tuner.Tuner):
         # PyTorch model drifts from a fresh one in the last digits and has no tracing to save.
         self.reuse_models = keras.backend.backend() == "tensorflow" if reuse_models is None else reuse_models
         self._model = self._model_key = self._optimizer_init = None
+        self._initial_weights = {}  # fold seed -> a fresh model's weights, for the current architecture
         self._asked = False  # asked the oracle for a trial and got none yet (IDLE)
         self.space = kwargs["oracle"].space  # a worker's oracle becomes a gRPC client without it
         super().__init__(**kwargs)
@@ -154,22 +159,28 @@ class CVTuner(keras_tuner.Tuner):
         architecture (filters, dense units) is the same: it gets the fresh model's initial
         weights, a zeroed optimizer and this trial's learning rate. The arithmetic is the
         same; what is saved is building, compiling and tracing the train and validation
-        steps again (seconds per fold under TensorFlow and JAX).
+        steps again (seconds per fold under TensorFlow and JAX). The initial weights of
+        each fold seed are kept for the architecture's next learning rate.
         """
         key = (hp.values["filters"], hp.values["dense_units"])
         if not self.reuse_models or key != self._model_key:
             keras.backend.clear_session()  # a new architecture: drop the old graph, memory stays flat
             self._model = self._model_key = None
+            self._initial_weights = {}
             gc.collect()
         keras.utils.set_random_seed(seed)
-        fresh = self.hypermodel.build(hp)
         if self._model is None:
+            fresh = self.hypermodel.build(hp)
             fresh.optimizer.build(fresh.trainable_variables)
             self._optimizer_init = [v.numpy() for v in fresh.optimizer.variables]
+            self._initial_weights[seed] = fresh.get_weights()
             self._model, self._model_key = fresh, key
             return fresh
+        if seed not in self._initial_weights:
+            self._initial_weights[seed] = self.hypermodel.build(hp).get_weights()
+            keras.utils.set_random_seed(seed)  # training draws as after a fresh build
         model = self._model
-        model.set_weights(fresh.get_weights())
+        model.set_weights(self._initial_weights[seed])
         for variable, value in zip(model.optimizer.variables, self._optimizer_init):
             variable.assign(value)
         model.optimizer.learning_rate = hp.values["learning_rate"]
@@ -249,6 +260,8 @@ def config_differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _check_stored_config(pdir: Path, config: dict) -> None:
     stored = state.read_json(pdir / state.SEARCH_FILE, "search configuration")
+    if isinstance(stored.get("cv"), dict):
+        stored["cv"].setdefault("precision", "float32")  # searches from before --precision
     diffs = config_differences({k: stored.get(k) for k in config}, config)
     if diffs:
         raise UsageError(
@@ -328,7 +341,7 @@ def run_search(
                                      max_trials=len(space), seed=cv.seed)
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             tuner = CVTuner(cv, progress, reuse_models, tensorboard, oracle=oracle,
-                            hypermodel=CNNHyperModel(dataset.input_shape, dataset.num_classes, space),
+                            hypermodel=CNNHyperModel(dataset.input_shape, dataset.num_classes, space, cv.precision),
                             directory=str(directory), project_name=project)
         progress.search_start(len(space), tuner.completed() or 0, str(pdir))
         try:

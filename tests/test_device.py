@@ -1,0 +1,26 @@
+"""Backend, device and precision choices."""
+
+from pathlib import Path
+
+import pytest
+
+from tuner_app.device import precision, resolve
+from tuner_app.errors import UsageError
+
+
+def test_explicit_precision_is_taken_as_asked():
+    info = resolve("auto")
+    assert precision("float32", info) == "float32"
+    assert precision("mixed", info) == "mixed_bfloat16"
+
+
+def test_auto_precision_on_cpu_follows_the_cpus_bfloat16_matrix_units():
+    flags = next((line.split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                 []) if Path("/proc/cpuinfo").exists() else []
+    info = {"backend": "tensorflow", "device": "cpu", "gpus": []}
+    assert precision("auto", info) == ("mixed_bfloat16" if "amx_bf16" in flags else "float32")
+
+
+def test_unknown_precision_is_a_usage_error():
+    with pytest.raises(UsageError, match="--precision 'fp8'"):
+        precision("fp8", {"backend": "tensorflow", "device": "cpu", "gpus": []})

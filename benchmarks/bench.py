@@ -1,6 +1,6 @@
 """tuner-app against the seed notebook's pipeline, same data and workload, in one run.
 
-    python benchmarks/bench.py --workload small [--rounds 1] [--backend tensorflow]
+    python benchmarks/bench.py --workload small [--rounds 1] [--backend tensorflow] [--precision auto]
                                [--seed-pipeline ../shared/bench/seed_pipeline.py] [--data ../shared/data/mnist]
 
 Runs, alternating, (a) the seed's reference pipeline and (b) `tuner-app search` followed by
@@ -64,7 +64,7 @@ def seed_run(args, limit, epochs, final, env) -> dict:
            "--final-epochs", str(final)] + (["--train-limit", str(limit)] if limit else [])
     r = run(cmd, {**env, "KERAS_BACKEND": args.seed_backend})
     out = json.loads(r.pop("stdout").strip().splitlines()[-1])
-    return {"who": "seed", "backend": out["backend"], "device": "cpu (seed default)", "search_s": None,
+    return {"who": "seed", "backend": out["backend"], "device": "cpu (seed default)", "precision": "float32", "search_s": None,
             "retrain_s": None, "total_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
             "inner_search_s": out["search_s"], "inner_retrain_s": out["retrain_s"],
             "best": f"{tuple(out['best']['filters'])} lr={out['best']['learning_rate']}",
@@ -74,7 +74,8 @@ def seed_run(args, limit, epochs, final, env) -> dict:
 def tuner_run(args, limit, epochs, final, env, directory) -> dict:
     base = [sys.executable, "-m", "tuner_app"]
     common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--quiet"]
-    search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common]
+    precision = ["--precision", args.precision]
+    search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common, *precision]
                  + (["--train-limit", str(limit)] if limit else [])
                  + (["--workers", str(args.workers)] if args.workers else []), env)
     # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
@@ -91,17 +92,17 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
             "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
             "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
             "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
-            "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
+            "precision": report["precision"], "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
             "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial}
 
 
 def table(rows: list[dict], ratio: float) -> str:
-    cols = ["who", "backend", "device", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
+    cols = ["who", "backend", "device", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")
-    lines.append(f"| ratio tuner-app / seed (total wall) | | | | | {ratio:.2f} | | | |")
+    lines.append(f"| ratio tuner-app / seed (total wall) | | | | | | {ratio:.2f} | | | |")
     return "\n".join(lines)
 
 
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="small")
     ap.add_argument("--rounds", type=int, default=1, help="alternating seed/tuner-app pairs")
     ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="tuner-app's backend")
+    ap.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto", help="tuner-app's --precision")
     ap.add_argument("--workers", type=int, help="tuner-app search --workers N (chief + N worker processes)")
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
     ap.add_argument("--seed-pipeline", type=Path, default=ROOT.parent / "shared" / "bench" / "seed_pipeline.py")
@@ -133,13 +135,14 @@ def main() -> None:
     seed_total = sum(r["total_s"] for r in rows if r["who"] == "seed")
     tuner_total = sum(r["total_s"] for r in rows if r["who"].startswith("tuner-app"))
     ratio = tuner_total / seed_total
-    result = {"workload": args.workload, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
+    result = {"workload": args.workload, "precision_option": args.precision, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
               "ratio_total": round(ratio, 3), "rows": rows}
     print(table(rows, ratio))
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
-    name = f"{args.workload}-{args.backend}" + (f"-workers{args.workers}" if args.workers else "")
+    name = (f"{args.workload}-{args.backend}" + (f"-{args.precision}" if args.precision != "auto" else "")
+            + (f"-workers{args.workers}" if args.workers else ""))
     path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

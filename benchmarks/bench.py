@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,8 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
             "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
             "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
             "precision": report["precision"], "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
-            "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial}
+            "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
+            "retrain_precision": report["precision"], "retrain_val_accuracy": report["history"].get("val_accuracy")}
 
 
 def table(rows: list[dict], ratio: float) -> str:
@@ -102,7 +104,7 @@ def table(rows: list[dict], ratio: float) -> str:
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")
-    lines.append(f"| ratio tuner-app / seed (total wall) | | | | | | {ratio:.2f} | | | |")
+    lines.append(f"| ratio tuner-app / seed (mean total wall) | | | | | | {ratio:.2f} | | | |")
     return "\n".join(lines)
 
 
@@ -116,30 +118,41 @@ def main() -> None:
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
     ap.add_argument("--seed-pipeline", type=Path, default=ROOT.parent / "shared" / "bench" / "seed_pipeline.py")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--seed-from", type=Path, help="take the seed's row from an earlier JSON of this script (same "
+                    "workload) instead of running it again: for `full`, whose seed run takes over half an hour")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     limit, epochs, final = WORKLOADS[args.workload]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     rows = []
+    if args.seed_from:
+        earlier = json.loads(args.seed_from.read_text())
+        if earlier["workload"] != args.workload:
+            sys.exit(f"--seed-from {args.seed_from}: a {earlier['workload']} run, not {args.workload}")
+        rows = [{**r, "who": "seed", "from": f"{args.seed_from.name} ({earlier['date']}, {earlier['machine']})"}
+                for r in earlier["rows"] if r["who"] == "seed"]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             order = [seed_run, tuner_run] if i % 2 == 0 else [tuner_run, seed_run]
             for fn in order:
+                if fn is seed_run and args.seed_from:
+                    continue
                 row = (fn(args, limit, epochs, final, env) if fn is seed_run
                        else fn(args, limit, epochs, final, env, Path(tmp) / f"r{i}"))
                 row["round"] = i + 1
                 rows.append(row)
                 print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
                       file=sys.stderr, flush=True)
-    seed_total = sum(r["total_s"] for r in rows if r["who"] == "seed")
-    tuner_total = sum(r["total_s"] for r in rows if r["who"].startswith("tuner-app"))
-    ratio = tuner_total / seed_total
+    mean = lambda who: statistics.mean(r["total_s"] for r in rows if r["who"].startswith(who))  # noqa: E731
+    ratio = mean("tuner-app") / mean("seed")
     result = {"workload": args.workload, "precision_option": args.precision, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
               "ratio_total": round(ratio, 3), "rows": rows}
     print(table(rows, ratio))
+    if args.seed_from:
+        print(f"seed row(s) from {rows[0]['from']}, not run again")
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
     name = (f"{args.workload}-{args.backend}" + (f"-{args.precision}" if args.precision != "auto" else "")
             + (f"-workers{args.workers}" if args.workers else ""))

@@ -43,6 +43,7 @@ CASES = [
     ("project with ..", ["--project", ".."], "--project"),
     ("unknown device", ["--device", "tpu"], "--device"),
     ("unknown precision", ["--precision", "fp8"], "--precision"),
+    ("two precisions", ["--mixed-precision", "--precision=float32"], "disagree"),  # (a flag, then an option)
     ("unknown dataset", ["--data", None, "--dataset", "imagenet"], "--dataset"),
 ]
 

@@ -46,7 +46,7 @@ def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched)
     assert report["epochs"] == 2 and len(report["history"]["accuracy"]) == 2 and "val_accuracy" in report["history"]
     assert report["train_size"] == 1000 and report["test_size"] == 300  # the whole (fixture) training set
     assert report["backend"] and report["device"] == "cpu" and report["seconds"] > 0
-    assert report["precision"] == json.loads((pdir / "search.json").read_text())["cv"]["precision"]  # the search's
+    assert report["precision"] == "float32"  # the final model at full precision, whatever the search used
     assert report["test_accuracy"] > 0.3  # well above chance (0.1) after 2 epochs on 900 images
 
     from tuner_app.retrain import evaluate_saved
@@ -76,3 +76,12 @@ def test_device_gpu_without_a_gpu_is_an_error(tmp_path):
     assert proc.returncode == 2 and "sees no GPU" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_precision_is_chosen_per_command_and_recorded(searched, tmp_path):
+    run_cli("search", *SMALL_SEARCH, "--directory", tmp_path, "--project", "fp32",
+            "--precision", "float32", check=True)
+    assert json.loads((tmp_path / "fp32" / "search.json").read_text())["cv"]["precision"] == "float32"
+    run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "200",
+            "--mixed-precision", check=True)
+    assert json.loads((searched / "small" / "retrain.json").read_text())["precision"] == "mixed_bfloat16"

@@ -62,7 +62,8 @@ DirectoryOpt = Annotated[Path, typer.Option(help="Parent directory of all search
 ProjectOpt = Annotated[str, typer.Option(help="Project name; state lives in DIRECTORY/PROJECT.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
 BackendOpt = Annotated[Backend | None, typer.Option(help="Keras backend (default: $KERAS_BACKEND, else tensorflow).", show_default=False)]
-PrecisionOpt = Annotated[Precision, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32.")]
+PrecisionOpt = Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32. [default: auto]", show_default=False)]
+MixedOpt = Annotated[bool, typer.Option("--mixed-precision", help="Shorthand for --precision mixed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (for scripts).")]
 
 
@@ -77,6 +78,12 @@ def _start(backend: Backend | None, device: Device) -> dict:
 
     device_mod.configure(backend.value if backend else None, device.value)
     return device_mod.resolve(device.value)
+
+
+def _precision(precision: Precision | None, mixed_precision: bool) -> Precision | None:
+    if mixed_precision and precision not in (None, Precision.mixed):
+        raise UsageError(f"--mixed-precision and --precision {precision.value} disagree; give one of them")
+    return Precision.mixed if mixed_precision else precision
 
 
 def _progress(quiet: bool):
@@ -103,7 +110,8 @@ def search(
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: PrecisionOpt = Precision.auto,
+    precision: PrecisionOpt = None,
+    mixed_precision: MixedOpt = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     quiet: QuietOpt = False,
@@ -120,6 +128,7 @@ def search(
         if code == 0 and not quiet:
             _show(state.project_dir(directory, project), folds)
         raise typer.Exit(code)
+    precision = _precision(precision, mixed_precision) or Precision.auto
     info = _start(backend, device)
     from tuner_app.device import precision as resolve_precision
     from tuner_app.tuner import CVConfig, run_search
@@ -204,10 +213,12 @@ def retrain_best(
     seed: Annotated[int | None, typer.Option(help="Weight-initialisation seed. [default: the search's --seed]", show_default=False)] = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: the search's]", show_default=False)] = None,
+    precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: float32: the final model at full precision, whatever the search used]", show_default=False)] = None,
+    mixed_precision: MixedOpt = False,
     quiet: QuietOpt = False,
 ):
     """Train the best trial's model on the whole training set, test it, save it."""
+    precision = _precision(precision, mixed_precision)
     pdir = state.project_dir(directory, project)
     searched = state.read_search(pdir)
     info = _start(backend, device)
@@ -217,7 +228,7 @@ def retrain_best(
     from tuner_app.retrain import retrain_best as run_retrain
 
     config = RetrainConfig(epochs=epochs, batch_size=batch_size, validation_split=validation_split, seed=seed,
-                           precision=None if precision is None else resolve_precision(precision.value, info))
+                           precision="float32" if precision is None else resolve_precision(precision.value, info))
     if data is None and dataset is None:  # default: the data the search used
         source = searched["data"]["source"]
         data, dataset = (None, source) if source in KERAS_DATASETS else (Path(source), "mnist")

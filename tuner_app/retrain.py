@@ -33,14 +33,15 @@ class RetrainConfig:
         batch_size: Batch size.
         validation_split: Fraction of the training set held out (the last part, as in Keras).
         seed: Weight-initialisation seed; None takes the search's seed.
-        precision: "float32" or "mixed_bfloat16"; None takes the search's.
+        precision: "float32" (default: the final model is the deliverable, trained at full
+            precision even when the search ranked configurations in bfloat16) or "mixed_bfloat16".
     """
 
     epochs: int = 10
     batch_size: int = 128
     validation_split: float = 0.1
     seed: int | None = None
-    precision: str | None = None
+    precision: str = "float32"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -49,7 +50,7 @@ class RetrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
         if not 0 < self.validation_split < 1:
             raise UsageError(f"--validation-split {self.validation_split}: must be strictly between 0 and 1, e.g. 0.1")
-        if self.precision not in (None, "float32", "mixed_bfloat16"):
+        if self.precision not in ("float32", "mixed_bfloat16"):
             raise UsageError(f"precision {self.precision!r}: use 'float32' or 'mixed_bfloat16'")
 
 
@@ -105,7 +106,6 @@ def retrain_best(
     if train_limit is not None:
         dataset = data_mod.stratified_subset(dataset, train_limit)
     seed = search["cv"]["seed"] if config.seed is None else config.seed
-    precision = search["cv"].get("precision", "float32") if config.precision is None else config.precision
     x, y = data_mod.scale_images(dataset.x_train), data_mod.one_hot(dataset.y_train, classes)
     x_test, y_test = data_mod.scale_images(dataset.x_test), data_mod.one_hot(dataset.y_test, classes)
 
@@ -113,7 +113,7 @@ def retrain_best(
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = build_cnn(dataset.input_shape, classes, parse_filters(hp["filters"]), hp["dense_units"], hp["learning_rate"],
-                      precision)
+                      config.precision)
     progress.message(f"retraining trial {best['trial_id']} on {len(x)} images for {config.epochs} epochs")
     progress.fold_start(1, 1, config.epochs)
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def retrain_best(
         "trial_id": best["trial_id"], "hyperparameters": hp, "cv_score": best["score"], "cv_std": best["std"],
         "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
         "train_size": len(x), "test_size": len(x_test), "params": int(model.count_params()),
-        **asdict(config), "seed": seed, "precision": precision,
+        **asdict(config), "seed": seed,
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "backend": keras.backend.backend(), "device": (device_info or {}).get("device", "cpu"),
         "gpus": (device_info or {}).get("gpus", []),

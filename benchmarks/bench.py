@@ -84,6 +84,7 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
                   + (["--train-limit", str(limit)] if limit else []), env)
     pdir = directory / "bench"
     report = json.loads((pdir / "retrain.json").read_text())
+    searched = json.loads((pdir / "search.json").read_text())
     rss_by_trial = []
     for tdir in sorted(pdir.glob("trial_*")):
         folds = json.loads((tdir / "folds.json").read_text())
@@ -93,14 +94,15 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
             "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
             "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
             "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
-            "precision": report["precision"], "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
+            "precision": f"{searched['cv']['precision']} / {report['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
             "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
             "retrain_precision": report["precision"], "retrain_val_accuracy": report["history"].get("val_accuracy")}
 
 
 def table(rows: list[dict], ratio: float) -> str:
-    cols = ["who", "backend", "device", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
+    cols = ["who", "backend", "device", "precision (search / retrain)", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cols[3] = "precision"
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import gc
 import io
 import os
 import shutil
@@ -164,10 +163,9 @@ class CVTuner(keras_tuner.Tuner):
         """
         key = (hp.values["filters"], hp.values["dense_units"])
         if not self.reuse_models or key != self._model_key:
-            keras.backend.clear_session()  # a new architecture: drop the old graph, memory stays flat
             self._model = self._model_key = None
             self._initial_weights = {}
-            gc.collect()
+            keras.backend.clear_session()  # a new architecture: drop the old graph (and gc), memory stays flat
         keras.utils.set_random_seed(seed)
         if self._model is None:
             fresh = self.hypermodel.build(hp)

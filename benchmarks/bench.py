@@ -100,9 +100,9 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
 
 
 def table(rows: list[dict], ratio: float) -> str:
-    cols = ["who", "backend", "device", "precision (search / retrain)", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    cols[3] = "precision"
+    cols = ["who", "backend", "device", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
+    header = [{"precision": "precision (search / retrain)"}.get(c, c) for c in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")
@@ -146,8 +146,10 @@ def main() -> None:
                 rows.append(row)
                 print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
                       file=sys.stderr, flush=True)
-    mean = lambda who: statistics.mean(r["total_s"] for r in rows if r["who"].startswith(who))  # noqa: E731
-    ratio = mean("tuner-app") / mean("seed")
+    def mean_total(who: str) -> float:
+        return statistics.mean(r["total_s"] for r in rows if r["who"].startswith(who))
+
+    ratio = mean_total("tuner-app") / mean_total("seed")
     result = {"workload": args.workload, "precision_option": args.precision, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),

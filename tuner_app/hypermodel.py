@@ -6,7 +6,16 @@ import keras
 import keras_tuner
 from keras import layers
 
+from tuner_app.errors import UsageError
 from tuner_app.space import SearchSpace, filters_label, parse_filters
+
+POLICIES = ("float32", "mixed_bfloat16")  # the dtype policies `build_cnn` trains with
+
+
+def check_precision(precision: str) -> None:
+    """Raise a UsageError unless `precision` is one of `POLICIES`."""
+    if precision not in POLICIES:
+        raise UsageError(f"precision {precision!r}: use {' or '.join(map(repr, POLICIES))}")
 
 
 def build_cnn(

@@ -19,7 +19,7 @@ from sklearn.metrics import confusion_matrix
 from tuner_app import data as data_mod
 from tuner_app import plots, report, state
 from tuner_app.errors import DataError, UsageError
-from tuner_app.hypermodel import build_cnn
+from tuner_app.hypermodel import build_cnn, check_precision
 from tuner_app.progress import Progress, epoch_callback
 from tuner_app.space import parse_filters
 
@@ -50,8 +50,7 @@ class RetrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
         if not 0 < self.validation_split < 1:
             raise UsageError(f"--validation-split {self.validation_split}: must be strictly between 0 and 1, e.g. 0.1")
-        if self.precision not in ("float32", "mixed_bfloat16"):
-            raise UsageError(f"precision {self.precision!r}: use 'float32' or 'mixed_bfloat16'")
+        check_precision(self.precision)
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from tuner_app import data as data_mod
 from tuner_app import device, distributed, interrupt, state
 from tuner_app.errors import TunerAppError, UsageError
-from tuner_app.hypermodel import CNNHyperModel
+from tuner_app.hypermodel import CNNHyperModel, check_precision
 from tuner_app.oracle import ResumableGridOracle
 from tuner_app.progress import Progress, epoch_callback
 from tuner_app.space import SearchSpace
@@ -61,8 +61,7 @@ class CVConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
             raise UsageError(f"--seed {self.seed}: must be an integer in [0, 2**31)")
-        if self.precision not in ("float32", "mixed_bfloat16"):
-            raise UsageError(f"precision {self.precision!r}: use 'float32' or 'mixed_bfloat16'")
+        check_precision(self.precision)
 
 
 class CVTuner(keras_tuner.Tuner):
@@ -158,7 +157,7 @@ class CVTuner(keras_tuner.Tuner):
         architecture (filters, dense units) is the same: it gets the fresh model's initial
         weights, a zeroed optimizer and this trial's learning rate. The arithmetic is the
         same; what is saved is building, compiling and tracing the train and validation
-        steps again (seconds per fold under TensorFlow and JAX). The initial weights of
+        steps again (seconds per fold under TensorFlow). The initial weights of
         each fold seed are kept for the architecture's next learning rate.
         """
         key = (hp.values["filters"], hp.values["dense_units"])

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tuner_app import report  # noqa: E402  (reads results from disk; imports no Keras)
+
 WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
     "small": (3000, 1, 1),
     "medium": (12000, 2, 2),
@@ -69,7 +72,10 @@ def seed_run(args, limit, epochs, final, env) -> dict:
             "retrain_s": None, "total_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
             "inner_search_s": out["search_s"], "inner_retrain_s": out["retrain_s"],
             "best": f"{tuple(out['best']['filters'])} lr={out['best']['learning_rate']}",
-            "cv_score": out["best"]["avg_accuracy"], "test_accuracy": out["test_accuracy"]}
+            "cv_score": out["best"]["avg_accuracy"], "test_accuracy": out["test_accuracy"],
+            "ranking": [{"hyperparameters": {"filters": ",".join(map(str, r["filters"])), "learning_rate": r["learning_rate"]},
+                         "score": r["avg_accuracy"], "fold_scores": r["fold_accuracies"]}
+                        for r in sorted(out["results"], key=lambda r: -r["avg_accuracy"])]}
 
 
 def tuner_run(args, limit, epochs, final, env, directory) -> dict:
@@ -83,20 +89,23 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
     retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common]
                   + (["--train-limit", str(limit)] if limit else []), env)
     pdir = directory / "bench"
-    report = json.loads((pdir / "retrain.json").read_text())
+    retrained = json.loads((pdir / "retrain.json").read_text())
     searched = json.loads((pdir / "search.json").read_text())
+    ranking = [{"hyperparameters": r["hyperparameters"], "score": r["score"], "std": r["std"],
+                "fold_scores": [f[r["objective"]] for f in r["folds"]]} for r in report.load_results(pdir)]
     rss_by_trial = []
     for tdir in sorted(pdir.glob("trial_*")):
         folds = json.loads((tdir / "folds.json").read_text())
         rss_by_trial.append(folds[-1].get("rss_mb"))
-    hp = report["hyperparameters"]
-    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else ""), "backend": report["backend"], "device": report["device"],
+    hp = retrained["hyperparameters"]
+    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else ""), "backend": retrained["backend"], "device": retrained["device"],
             "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
             "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
             "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
-            "precision": f"{searched['cv']['precision']} / {report['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}", "cv_score": report["cv_score"],
-            "test_accuracy": report["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
-            "retrain_precision": report["precision"], "retrain_val_accuracy": report["history"].get("val_accuracy")}
+            "precision": f"{searched['cv']['precision']} / {retrained['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}",
+            "cv_score": retrained["cv_score"], "test_accuracy": retrained["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
+            "retrain_precision": retrained["precision"], "retrain_val_accuracy": retrained["history"].get("val_accuracy"),
+            "ranking": ranking}
 
 
 def table(rows: list[dict], ratio: float) -> str:

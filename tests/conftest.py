@@ -1,4 +1,4 @@
-"""Shared fixtures: the committed MNIST subset, a CLI runner, and one small finished search."""
+"""Shared fixtures: the MNIST sample shipped with tuner-app, a CLI runner, and one small finished search."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-MNIST_SMALL = Path(__file__).parent / "data" / "mnist_small"
+MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "tuner_app" / "datasets" / "mnist_sample"
+MODELS = Path(__file__).parent / "models"
 # The smallest search that still exercises everything: 2 grid points x 2 folds x 1 epoch.
-SMALL_SEARCH = ["--data", str(MNIST_SMALL), "--train-limit", "400", "--folds", "2", "--epochs", "1",
+SMALL_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "400", "--folds", "2", "--epochs", "1",
                 "--filters", "16,32", "--filters", "32,64", "--learning-rate", "0.001", "--quiet"]
 
 
@@ -25,10 +26,11 @@ def _seed():
     np.random.seed(0)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tuner_app ARGS` in a real subprocess (same interpreter, same backend)."""
     proc = subprocess.run([sys.executable, "-m", "tuner_app", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, timeout=timeout, env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
     if check and proc.returncode != 0:
         raise AssertionError(f"tuner-app {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
@@ -38,7 +40,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bo
 def small_dataset():
     from tuner_app.data import load_dataset
 
-    return load_dataset(MNIST_SMALL)
+    return load_dataset(dataset="mnist-sample")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import MNIST_SMALL, SMALL_SEARCH, run_cli
+from conftest import MNIST_SAMPLE, MODELS, SMALL_SEARCH, run_cli
+
+BROKEN = f"{MODELS / 'broken.py'}"
 
 
 def _npz(path, **overrides):
@@ -44,7 +46,22 @@ CASES = [
     ("unknown device", ["--device", "tpu"], "--device"),
     ("unknown precision", ["--precision", "fp8"], "--precision"),
     ("two precisions", ["--mixed-precision", "--precision=float32"], "disagree"),  # (a flag, then an option)
-    ("unknown dataset", ["--data", None, "--dataset", "imagenet"], "--dataset"),
+    ("unknown dataset", ["--dataset", "imagenet"], "--dataset"),
+    ("images smaller than the model takes", ["--data", "NPZ:x_train=tiny", "--train-limit", "40"], "images are 12x12 but model seed needs at least 16x16"),
+    ("resume with other settings", ["--epochs", "2"], "was searched with other settings (cv.epochs: 1 -> 2)"),
+    ("unknown objective direction", ["--objective", "val_foo"], "--objective val_foo: the direction"),
+    ("objective the model does not compute", ["--objective", "val_auc"], "--objective val_auc: model seed computes"),
+    ("grid name not declared", ["--grid", "nope=1"], "declares no hyperparameter 'nope'"),
+    ("grid value of the wrong type", ["--grid", "dense_units=wide"], "dense_units takes int values"),
+    ("grid option without values", ["--grid", "dense_units"], "give NAME=V1,V2"),
+    ("missing model file", ["--model", "nowhere.py:build"], "no such file nowhere.py"),
+    ("model name not in the file", ["--model", f"{BROKEN}:nope"], "has no 'nope'"),
+    ("model build raises", ["--model", f"{BROKEN}:raises"], "raised ValueError: this model has a bug"),
+    ("model not compiled", ["--model", f"{BROKEN}:not_compiled"], "the model is not compiled"),
+    ("model output is not the classes", ["--model", f"{BROKEN}:wrong_classes"], "but the data has 10 classes"),
+    ("hyperparameter without a finite grid", ["--model", f"{BROKEN}:no_finite_grid"], "'dropout' (Float 0.0..0.5"),
+    ("seed options with another model", ["--model", f"{MODELS / 'dense_net.py'}:build", "--filters", "8,16"],
+     "belong to --model seed"),
 ]
 
 
@@ -54,6 +71,10 @@ def _materialise(args, tmp_path):
         if isinstance(a, str) and a.startswith("NPZ:"):
             key, kind = a[4:].split("=")
             n = 40
+            if kind == "tiny":  # 12x12 images, train and test
+                tiny = np.zeros((n, 12, 12), np.uint8)
+                out.append(_npz(tmp_path / "bad.npz", x_train=tiny, x_test=tiny[:8]))
+                continue
             value = {"None": None, "short": np.arange(n - 1) % 4, "float": (np.arange(n) % 4) + 0.5,
                      "negative": np.arange(n) % 4 - 1, "nan": np.full((n, 28, 28), np.nan, np.float32),
                      "flat": np.zeros((n, 784), np.uint8), "other": np.zeros((8, 32, 32), np.uint8),
@@ -65,12 +86,15 @@ def _materialise(args, tmp_path):
 
 def _small_search_with(extra):
     args = list(SMALL_SEARCH)
+    if "--model" in extra:  # the seed's grid options belong to the seed model
+        args = [a for i, a in enumerate(args) if a not in ("--filters", "--learning-rate")
+                and (i == 0 or args[i - 1] not in ("--filters", "--learning-rate"))]
     for i in range(0, len(extra), 2):
         opt, value = extra[i], extra[i + 1]
         if opt in args and opt not in ("--filters", "--learning-rate"):
             j = args.index(opt)
             del args[j:j + 2]
-        elif opt in ("--filters", "--learning-rate"):
+        elif opt in ("--filters", "--learning-rate") and "--model" not in extra:
             while opt in args:
                 j = args.index(opt)
                 del args[j:j + 2]
@@ -97,7 +121,7 @@ def test_bad_search_input(tmp_path, searched, name, extra, fragment):
     (["--validation-split", "1.5"], "--validation-split"),
     (["--validation-split", "0"], "--validation-split"),
     (["--epochs", "0"], "--epochs 0"),
-    (["--data", str(MNIST_SMALL / "README.md")], "not a readable .npz"),
+    (["--data", str(MNIST_SAMPLE / "README.md")], "not a readable .npz"),
 ])
 def test_bad_retrain_input(searched, extra, fragment):
     before = _tree(searched)

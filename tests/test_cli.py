@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MNIST_SMALL, SMALL_SEARCH, run_cli
+from conftest import MNIST_SAMPLE, SMALL_SEARCH, run_cli
 
 from tuner_app.data import load_dataset
 
@@ -51,7 +51,7 @@ def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched)
 
     from tuner_app.retrain import evaluate_saved
 
-    _, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SMALL))
+    _, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SAMPLE))
     assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
 
 
@@ -85,3 +85,42 @@ def test_precision_is_chosen_per_command_and_recorded(searched, tmp_path):
     run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "200",
             "--mixed-precision", check=True)
     assert json.loads((searched / "small" / "retrain.json").read_text())["precision"] == "mixed_bfloat16"
+
+
+def test_retraining_on_other_data_says_so_and_records_it(searched, tmp_path, small_dataset):
+    """Other images of the searched shape: retrain-best goes on, with one warning line naming both sources."""
+    other = tmp_path / "other.npz"
+    ds = small_dataset
+    np.savez(other, x_train=ds.x_train[::-1], y_train=ds.y_train[::-1], x_test=ds.x_test, y_test=ds.y_test)
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--data", other, "--epochs", "1",
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and str(other) in warning[0] and "mnist-sample" in warning[0]
+    report = json.loads((searched / "small" / "retrain.json").read_text())
+    assert report["same_data_as_search"] is False and report["data"] == str(other.resolve())
+    assert report["searched_data"] == "mnist-sample"
+    # the searched data itself, reached by its path instead of its name, is the same data: no warning
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--data", MNIST_SAMPLE, "--epochs",
+                   "1", "--quiet")
+    assert "warning" not in proc.stderr and json.loads((searched / "small" / "retrain.json").read_text())[
+        "same_data_as_search"] is True
+
+
+def test_the_saved_model_is_fsynced_before_it_replaces_the_old_one(searched, monkeypatch):
+    """README says every file is written durably: the model's temporary file is fsynced, then renamed."""
+    import os
+
+    from tuner_app.retrain import retrain_best
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b))) or real_replace(a, b))
+    retrain_best(None, searched, "small", {"epochs": 1}, train_limit=200)
+    model = str(searched / "small" / "best_model.keras")
+    rename = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == model)
+    tmp = events[rename][1]
+    assert ("fsync", tmp) in events[:rename]  # the file's bytes are on disk before it takes the name
+    assert ("fsync", str(searched / "small")) in events[rename:]  # and the rename itself, after

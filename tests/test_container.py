@@ -48,7 +48,21 @@ def test_dockerignore_keeps_state_and_git_out_of_the_image():
     assert {".git", "tuning_dirs", "tests"} <= set(ignored)
 
 
-def test_compose_has_a_chief_and_workers_on_a_shared_volume():
-    text = (ROOT / "compose.yaml").read_text()
-    assert "KERASTUNER_TUNER_ID: chief" in text and "KERASTUNER_TUNER_ID: worker0" in text
-    assert "KERASTUNER_ORACLE_IP: chief" in text and "./tuning_dirs:/work/tuning_dirs" in text
+def test_compose_has_a_chief_and_workers_each_on_its_own_gpu_that_docker_does_not_restart():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["chief"]["environment"]["KERASTUNER_TUNER_ID"] == "chief"
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert len(workers) >= 2
+    gpus = []
+    for name, service in workers.items():
+        assert service["environment"]["KERASTUNER_TUNER_ID"] == name
+        command = service["command"]
+        assert command[command.index("--workers") + 1] == "1" and command[command.index("--chief") + 1] == "chief:8000"
+        assert service["restart"] == "no"  # the launcher inside restarts a killed worker, not one that failed
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        gpus += device["device_ids"]
+        assert "./tuning_dirs:/work/tuning_dirs" in service["volumes"]
+    assert len(gpus) == len(set(gpus)) == len(workers)  # each worker pinned to its own GPU

@@ -2,7 +2,7 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import MNIST_SMALL
+from conftest import MNIST_SAMPLE
 
 from tuner_app import data
 from tuner_app.errors import DataError, UsageError
@@ -113,6 +113,33 @@ def test_too_few_examples_per_class_for_the_folds():
         data.check_folds(np.array([0, 0, 0, 0, 0, 1, 1]), 5)
 
 
-def test_fixture_provenance_is_documented():
-    text = (MNIST_SMALL / "README.md").read_text()
-    assert "Creative Commons" in text and "make_fixture.py" in text
+def test_sample_provenance_and_licence_are_shipped():
+    text = (MNIST_SAMPLE / "README.md").read_text()
+    assert "Creative Commons" in text and "make_mnist_sample.py" in text and "LeCun" in text
+
+
+def test_the_sample_ships_inside_the_installed_package():
+    """`--dataset mnist-sample` reads files installed with the package, not the repository's."""
+    import tomllib
+    from pathlib import Path
+
+    assert data.SAMPLE_DIR.is_dir() and data.SAMPLE_DIR.parent.parent == Path(data.__file__).parent
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "mnist_sample/*" in config["tool"]["setuptools"]["package-data"]["tuner_app"][0]
+
+
+def test_recorded_sources_load_again(small_dataset):
+    assert data.load_source("mnist-sample").fingerprint() == small_dataset.fingerprint()
+    assert data.load_source(str(MNIST_SAMPLE)).fingerprint() == small_dataset.fingerprint()
+
+
+def test_offline_download_error_names_the_local_options(monkeypatch):
+    import keras
+
+    def offline():
+        raise OSError("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(DataError) as info:
+        data.load_dataset(dataset="mnist")
+    assert "--data PATH" in str(info.value) and "--dataset mnist-sample" in str(info.value)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner_app.device import precision, resolve
+from tuner_app.device import resolve
+from tuner_app.device import resolve_precision as precision
 from tuner_app.errors import UsageError
 
 

@@ -1,19 +1,18 @@
 import keras_tuner as kt
 
+from tuner_app.grid import Grid
 from tuner_app.oracle import ResumableGridOracle
-from tuner_app.space import SearchSpace
 
-SPACE = SearchSpace(("8,16", "16,32"), (0.01, 0.001), (10,))
+SPACE = kt.HyperParameters()
+SPACE.Choice("filters", ["8,16", "16,32"], ordered=False)
+SPACE.Choice("learning_rate", [0.01, 0.001], ordered=False)
+SPACE.Choice("dense_units", [10], ordered=False)
+GRID = Grid.from_space(SPACE)
 
 
 def _oracle(directory) -> ResumableGridOracle:
-    oracle = ResumableGridOracle(SPACE, objective=kt.Objective("val_accuracy", "max"), max_trials=len(SPACE), seed=1)
+    oracle = ResumableGridOracle(GRID, objective=kt.Objective("val_accuracy", "max"), seed=1)
     oracle._set_project_dir(str(directory), "p")
-    hp = kt.HyperParameters()
-    hp.Choice("filters", ["8,16", "16,32"], ordered=False)
-    hp.Choice("learning_rate", [0.01, 0.001], ordered=False)
-    hp.Choice("dense_units", [10], ordered=False)
-    oracle.update_space(hp)
     return oracle
 
 
@@ -26,11 +25,11 @@ def _finish(oracle, trial, score):
 def test_every_grid_point_once_in_grid_order_then_stopped(tmp_path):
     oracle = _oracle(tmp_path)
     seen = []
-    for i in range(len(SPACE)):
+    for i in range(len(GRID)):
         trial = oracle.create_trial("tuner0")
         seen.append(trial.hyperparameters.values)
         _finish(oracle, trial, 0.1 * i)
-    assert seen == SPACE.points()
+    assert seen == GRID.points
     assert oracle.create_trial("tuner0").status == "STOPPED"
 
 
@@ -48,12 +47,12 @@ def test_restart_resumes_the_running_trial_then_continues_the_grid(tmp_path):
     while (trial := second.create_trial("tuner0")).status == "RUNNING":
         rest.append(trial.hyperparameters.values)
         _finish(second, trial, 0.7)
-    assert rest == SPACE.points()[2:]
+    assert rest == GRID.points[2:]
     assert sorted(t.trial_id for t in second.trials.values() if t.status == "COMPLETED") == ["0", "1", "2", "3"]
 
 
 def test_state_files_are_written_whole(tmp_path):
     oracle = _oracle(tmp_path)
     _finish(oracle, oracle.create_trial("tuner0"), 0.5)
-    assert not list((tmp_path / "p").rglob("*.tmp"))
+    assert not list((tmp_path / "p").rglob(".*.tmp*"))
     assert (tmp_path / "p" / "trial_0" / "trial.json").read_text().endswith("}\n")

@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
-from conftest import MNIST_SMALL, run_cli
+from conftest import MNIST_SAMPLE, run_cli
 
 # The seed's own 6-point grid on a small subset: 6 trials x 5 folds x 1 epoch.
-GRID_SEARCH = ["--data", str(MNIST_SMALL), "--train-limit", "300", "--epochs", "1", "--quiet"]
+GRID_SEARCH = ["--data", str(MNIST_SAMPLE), "--train-limit", "300", "--epochs", "1", "--quiet"]
 
 
 def start_cli(*args) -> subprocess.Popen:
@@ -114,7 +114,7 @@ def test_a_second_search_on_the_same_project_is_refused(tmp_path):
 
 def test_a_stale_lock_does_not_block(tmp_path):
     (tmp_path / ".p.lock").write_text("999999")  # left by a process that died
-    proc = run_cli("search", "--data", MNIST_SMALL, "--train-limit", "100", "--folds", "2", "--epochs", "1",
+    proc = run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
                    "--filters", "8,16", "--learning-rate", "0.01", "--directory", tmp_path, "--project", "p", "-q")
     assert proc.returncode == 0, proc.stderr
 
@@ -122,7 +122,7 @@ def test_a_stale_lock_does_not_block(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     directory = tmp_path_factory.mktemp("finished")
-    run_cli("search", "--data", MNIST_SMALL, "--train-limit", "100", "--folds", "2", "--epochs", "1", "--filters", "8,16",
+    run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1", "--filters", "8,16",
             "--learning-rate", "0.01", "--learning-rate", "0.001", "--directory", directory, "--project", "p", "-q",
             check=True)
     return directory
@@ -144,7 +144,7 @@ def test_damaged_state_is_named_and_nothing_is_deleted(finished, tmp_path, damag
     shutil.copytree(finished, directory)
     damage(directory / "p")
     before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
-    for command in (["search", "--data", MNIST_SMALL, "--train-limit", "100", "--folds", "2", "--epochs", "1",
+    for command in (["search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
                      "--filters", "8,16", "--learning-rate", "0.01", "--learning-rate", "0.001", "-q"],
                     ["results"]):
         proc = run_cli(*command, "--directory", directory, "--project", "p")
@@ -153,9 +153,8 @@ def test_damaged_state_is_named_and_nothing_is_deleted(finished, tmp_path, damag
             continue
         assert proc.returncode == 1, (command, proc.stderr)
         assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    after = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file() and p.name != ".p.lock"}
-    before.pop(directory / ".p.lock", None)
-    assert after == before
+    after = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    assert after == before  # the lock file included
 
 
 def test_retrain_best_before_any_trial_completed(tmp_path):

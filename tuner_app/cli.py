@@ -2,13 +2,15 @@
 
 Each command parses options, calls library functions and prints. Known errors
 (`TunerAppError`, bad options) become one line on stderr and exit code 2 (usage/input)
-or 1 (a failed run, damaged state); see `main`.
+or 1 (a failed run, damaged state); warnings the user should see (`DataWarning`) are one
+line too; see `main`.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -17,14 +19,16 @@ import rich.console
 import typer
 from typer.exceptions import Abort, TyperException
 
-from tuner_app import report, state
-from tuner_app.errors import SearchInterrupted, TunerAppError, UsageError
+from tuner_app import distributed, report, state
+from tuner_app.data import DATASETS
+from tuner_app.errors import DataWarning, SearchInterrupted, SettingError, TunerAppError, UsageError
 from tuner_app.interrupt import stop_on_signals
+from tuner_app.progress import describe
 
 app = typer.Typer(
     name="tuner-app", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    help="Grid search x stratified K-fold CV for Keras CNNs, on KerasTuner; then retrain the best.",
+    help="Grid search x stratified K-fold CV for any Keras model, on KerasTuner; then retrain the best.",
 )
 out = rich.console.Console()
 if not out.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
@@ -56,34 +60,22 @@ class Format(str, Enum):
     json = "json"
 
 
+DatasetOpt = Annotated[str | None, typer.Option(help=f"Dataset by name: {', '.join(DATASETS)} (mnist-sample ships with tuner-app; the others Keras downloads). [default: mnist]", show_default=False)]
 DataOpt = Annotated[Path | None, typer.Option(help="Local dataset: an .npz (x_train, y_train, x_test, y_test) or a directory of the four IDX files. Overrides --dataset.")]
 TrainLimitOpt = Annotated[int | None, typer.Option(help="Use a stratified subset of N training images (quick runs).")]
 DirectoryOpt = Annotated[Path, typer.Option(help="Parent directory of all search projects.")]
 ProjectOpt = Annotated[str, typer.Option(help="Project name; state lives in DIRECTORY/PROJECT.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
 BackendOpt = Annotated[Backend | None, typer.Option(help="Keras backend (default: $KERAS_BACKEND, else tensorflow).", show_default=False)]
-PrecisionOpt = Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32. [default: auto]", show_default=False)]
 MixedOpt = Annotated[bool, typer.Option("--mixed-precision", help="Shorthand for --precision mixed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (for scripts).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for training. [default: all cores; --workers splits them]", show_default=False)]
 
 
-def _load(data: Path | None, dataset: str):
-    from tuner_app.data import load_dataset
-
-    return load_dataset(data, dataset)
-
-
-def _start(backend: Backend | None, device: Device) -> dict:
-    from tuner_app import device as device_mod
-
-    device_mod.configure(backend.value if backend else None, device.value)
-    return device_mod.resolve(device.value)
-
-
-def _precision(precision: Precision | None, mixed_precision: bool) -> Precision | None:
+def _precision(precision: Precision | None, mixed_precision: bool, default: str) -> str:
     if mixed_precision and precision not in (None, Precision.mixed):
         raise UsageError(f"--mixed-precision and --precision {precision.value} disagree; give one of them")
-    return Precision.mixed if mixed_precision else precision
+    return "mixed" if mixed_precision else (precision.value if precision else default)
 
 
 def _progress(quiet: bool):
@@ -92,87 +84,129 @@ def _progress(quiet: bool):
     return Progress() if quiet else RichProgress(err)
 
 
+def _argv(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
+    """The command's parsed options as arguments again (for the processes the launcher starts)."""
+    argv = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or value is None or not getattr(param, "opts", None):
+            continue
+        for v in value if getattr(param, "multiple", False) else [value]:
+            if getattr(param, "is_flag", False):
+                argv += [param.opts[0]] if v else []
+            else:
+                argv += [param.opts[0], str(v.value if isinstance(v, Enum) else v)]
+    return argv
+
+
+def _recorded(pdir: Path, role: str | None, overwrite: bool) -> dict | None:
+    """The project's stored settings that a resume or a worker adopts (None for a new project)."""
+    if role == "worker":
+        distributed.wait_for_file(pdir / state.SEARCH_FILE)
+    elif overwrite or not (pdir / state.SEARCH_FILE).exists():
+        return None
+    return state.read_json(pdir / state.SEARCH_FILE, "search configuration")
+
+
 @app.command()
 def search(
-    dataset: Annotated[str, typer.Option(help="Keras dataset to download when --data is not given.")] = "mnist",
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="The model: a preset (seed, extended), FILE.py:NAME or package.module:NAME, where NAME is a build(hp) function or a keras_tuner.HyperModel.")] = "seed",
+    grid: Annotated[list[str] | None, typer.Option(help="NAME=V1,V2: replace a declared hyperparameter's values for this search; repeat for more names (a value with a comma: NAME='[\"16,32\",\"32,64\"]').", show_default=False)] = None,
+    objective: Annotated[str, typer.Option(help="The validation metric that scores a fold (val_loss: lower is better); NAME:max or NAME:min for others.")] = "val_accuracy",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid points (with each model's parameter count) and stop; writes nothing.")] = False,
+    dataset: DatasetOpt = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
-    filters: Annotated[list[str] | None, typer.Option(help="Conv filter pair 'F1,F2'; repeat for more grid values. [default: 16,32 32,64 64,128]", show_default=False)] = None,
-    learning_rate: Annotated[list[float] | None, typer.Option(help="Adam learning rate; repeatable. [default: 0.001 0.0005]", show_default=False)] = None,
-    dense_units: Annotated[list[int] | None, typer.Option(help="Hidden dense units; repeatable. [default: 120]", show_default=False)] = None,
+    filters: Annotated[list[str] | None, typer.Option(help="--model seed: conv filter pair 'F1,F2'; repeat for more grid values. [default: 16,32 32,64 64,128]", show_default=False)] = None,
+    learning_rate: Annotated[list[float] | None, typer.Option(help="--model seed: Adam learning rate; repeatable. [default: 0.001 0.0005]", show_default=False)] = None,
+    dense_units: Annotated[list[int] | None, typer.Option(help="--model seed: hidden dense units; repeatable. [default: 120]", show_default=False)] = None,
     folds: Annotated[int, typer.Option(help="Stratified K-fold splits.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and the weight initialisation.")] = 42,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per fold.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
-    patience: Annotated[int, typer.Option(help="EarlyStopping patience on val_accuracy (best weights restored).")] = 3,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)] = None,
+    patience: Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)] = None,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: PrecisionOpt = None,
+    precision: Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32; a resume keeps the first run's. [default: auto]", show_default=False)] = None,
     mixed_precision: MixedOpt = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
+    chief: Annotated[str | None, typer.Option(help="With --workers: start only the N workers, joining the chief at HOST:PORT.", show_default=False)] = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Score every grid point by stratified K-fold CV; resumes an interrupted search."""
-    from tuner_app import distributed
-    from tuner_app.space import DEFAULT_DENSE_UNITS, DEFAULT_FILTERS, DEFAULT_LEARNING_RATES, SearchSpace
-
-    state.validate_project_name(project)
-    space = SearchSpace(tuple(filters or DEFAULT_FILTERS), tuple(learning_rate or DEFAULT_LEARNING_RATES),
-                        tuple(dense_units or DEFAULT_DENSE_UNITS))
-    if workers is not None and distributed.role() is None:
-        code = distributed.launch(_without_workers(sys.argv[sys.argv.index("search") + 1:]), workers, quiet)
-        if code == 0 and not quiet:
-            _show(state.project_dir(directory, project), folds)
-        raise typer.Exit(code)
-    precision = _precision(precision, mixed_precision) or Precision.auto
-    info = _start(backend, device)
-    from tuner_app.device import precision as resolve_precision
-    from tuner_app.tuner import CVConfig, run_search
-
-    cv = CVConfig(folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
-                  precision=resolve_precision(precision.value, info))
-    ds = _load(data, dataset)
-    if not quiet:
-        err.print(f"backend {info['backend']} on {info['device']}, {cv.precision}; {len(space)} grid points x {folds} folds")
+    """Score every grid point of a model by stratified K-fold CV; resumes an interrupted search."""
     pdir = state.project_dir(directory, project)
+    role = distributed.role()
+    if workers is not None and role is None and not dry_run:
+        code = distributed.launch(_argv(ctx, ("workers", "chief", "quiet")), workers, quiet, chief)
+        if code == 0 and not quiet and chief is None:
+            _show(pdir)
+        raise typer.Exit(code)
+    if chief is not None:
+        raise UsageError(f"--chief {chief}: give --workers N too (the workers to start)")
+    if model != "seed" and (filters or learning_rate or dense_units):
+        raise UsageError(f"--filters, --learning-rate and --dense-units belong to --model seed; for --model {model} "
+                         "use --grid NAME=V1,V2")
+    from tuner_app import device as device_mod
+    from tuner_app.settings import parse_grid_option
+
+    overrides = parse_grid_option(grid or [])
+    recorded = None if dry_run else _recorded(pdir, role, overwrite)
+    info = device_mod.settle(backend.value if backend else None, device.value,
+                             _precision(precision, mixed_precision, "auto"), role, recorded, threads)
+    from tuner_app.data import load_dataset
+    from tuner_app.models import load_model
+    from tuner_app.models.seed import grid_overrides
+    from tuner_app.search import default_cv, plan_search, run_plan
+
+    ds = load_dataset(data, dataset or "mnist")
+    loaded = load_model(model, ds.input_shape, ds.num_classes)
+    if model == "seed":
+        overrides = {**grid_overrides(filters, learning_rate, dense_units), **overrides}
+    cv = default_cv(loaded, folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
+                    precision=info["precision"], objective=objective)
+    plan = plan_search(ds, loaded, overrides, cv, train_limit)
+    if dry_run:
+        from tuner_app.search import grid_params
+
+        out.print(report.grid_table(plan.grid.points, plan.grid.names, grid_params(plan)))
+        out.print(f"{len(plan.grid)} points x {cv.folds} folds x up to {cv.epochs} epochs; objective {cv.objective} "
+                  f"({cv.direction}); labels {plan.check.label_form}; nothing was written")
+        return
+    if role == "worker":
+        distributed.watch_chief()
+    if not quiet:
+        where = "serving the oracle for workers on" if role == "chief" else "on"
+        err.print(f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
+                  f"{len(plan.grid)} grid points x {cv.folds} folds", soft_wrap=True)
     try:
-        with stop_on_signals(immediate=distributed.role() == "chief"):
-            run_search(ds, space, cv, directory, project, train_limit, overwrite, _progress(quiet),
-                       tensorboard=tensorboard)
+        with stop_on_signals(immediate=role == "chief"):
+            run_plan(plan, directory, project, overwrite, _progress(quiet), tensorboard=tensorboard,
+                     device=info["device"])
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
-        done = sum(r["status"] == "COMPLETED" for r in report.load_results(pdir)) if (pdir / state.SEARCH_FILE).exists() else 0
-        err.print(f"interrupted ({signal.Signals(signum).name}): {done}/{len(space)} trials complete, finished folds "
-                  "are kept; rerun the same command to resume", soft_wrap=True)
+        done = sum(r["status"] == "COMPLETED" for r in report.load_results(pdir)) \
+            if (pdir / state.SEARCH_FILE).exists() else 0
+        err.print(f"interrupted ({signal.Signals(signum).name}): {done}/{len(plan.grid)} trials complete, finished "
+                  "folds are kept; rerun the same command to resume", soft_wrap=True)
         raise typer.Exit(128 + signum) from None
     if not quiet:
-        _show(pdir, folds)
+        _show(pdir)
 
 
-def _without_workers(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == "--workers":
-            skip = True
-        elif not a.startswith("--workers="):
-            out.append(a)
-    return out
-
-
-def _show(pdir: Path, folds: int | None = None) -> None:
+def _show(pdir: Path) -> None:
     results = report.load_results(pdir)
+    folds = state.read_search(pdir)["cv"]["folds"]
     out.print(report.table(results, folds))
     best = report.best_completed(results)
     if best:
-        hp = best["hyperparameters"]
-        out.print(f"best: filters={hp['filters']} learning_rate={hp['learning_rate']:g} dense_units={hp['dense_units']} "
-                  f"mean val_accuracy {best['score']:.4f} ± {best['std']:.4f} (trial {best['trial_id']})")
+        out.print(f"best: {describe(best['hyperparameters'])}: mean {best['objective']} {best['score']:.4f} "
+                  f"± {best['std']:.4f} (trial {best['trial_id']})")
 
 
 @app.command()
@@ -180,9 +214,9 @@ def results(
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv or json for tools.")] = Format.table,
-    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of every configuration's fold accuracies.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of every configuration's fold scores.")] = None,
 ):
-    """Show a project's trials ranked by mean fold accuracy (also while a search runs)."""
+    """Show a project's trials ranked by the mean fold objective (also while a search runs)."""
     pdir = state.project_dir(directory, project)
     if plot is not None:
         from tuner_app.plots import plot_results
@@ -193,8 +227,7 @@ def results(
         plot_results(report.load_results(pdir), plot)
         err.print(f"wrote {plot}")
     if format is Format.table:
-        folds = state.read_search(pdir)["cv"]["folds"]
-        _show(pdir, folds)
+        _show(pdir)
         return
     ranked = report.load_results(pdir)
     sys.stdout.write(report.to_json(ranked) + "\n" if format is Format.json else report.to_csv(ranked))
@@ -202,49 +235,57 @@ def results(
 
 @app.command("retrain-best")
 def retrain_best(
-    dataset: Annotated[str | None, typer.Option(help="Keras dataset name. [default: the searched dataset]", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset by name (see search). [default: the searched data]", show_default=False)] = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
-    validation_split: Annotated[float, typer.Option(help="Fraction held out for validation during training.")] = 0.1,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128]", show_default=False)] = None,
+    validation_split: Annotated[float | None, typer.Option(help="Fraction held out for validation during training. [default: 0.1]", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Weight-initialisation seed. [default: the search's --seed]", show_default=False)] = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: float32: the final model at full precision, whatever the search used]", show_default=False)] = None,
     mixed_precision: MixedOpt = False,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ):
     """Train the best trial's model on the whole training set, test it, save it."""
-    precision = _precision(precision, mixed_precision)
+    requested = _precision(precision, mixed_precision, "float32")
     pdir = state.project_dir(directory, project)
-    searched = state.read_search(pdir)
-    info = _start(backend, device)
-    from tuner_app.data import KERAS_DATASETS
-    from tuner_app.device import precision as resolve_precision
-    from tuner_app.retrain import RetrainConfig
+    state.read_search(pdir)  # no project: say so before loading a backend
+    from tuner_app import device as device_mod
+
+    info = device_mod.settle(backend.value if backend else None, device.value, requested, threads=threads)
+    from tuner_app.data import load_dataset
     from tuner_app.retrain import retrain_best as run_retrain
 
-    config = RetrainConfig(epochs=epochs, batch_size=batch_size, validation_split=validation_split, seed=seed,
-                           precision="float32" if precision is None else resolve_precision(precision.value, info))
-    if data is None and dataset is None:  # default: the data the search used
-        source = searched["data"]["source"]
-        data, dataset = (None, source) if source in KERAS_DATASETS else (Path(source), "mnist")
-    ds = _load(data, dataset or "mnist")
-    result = run_retrain(ds, directory, project, config, train_limit, info, _progress(quiet))
-    hp = result["hyperparameters"]
+    ds = load_dataset(data, dataset) if data is not None or dataset is not None else None
+    options = {"epochs": epochs, "batch_size": batch_size, "validation_split": validation_split, "seed": seed,
+               "precision": info["precision"]}
+    result = run_retrain(ds, directory, project, options, train_limit, info, _progress(quiet))
     if not quiet:
-        err.print(f"trial {result['trial_id']}: filters={hp['filters']} learning_rate={hp['learning_rate']:g} "
-                  f"dense_units={hp['dense_units']} (CV {result['cv_score']:.4f}); {result['backend']} on "
-                  f"{result['device']} ({result['precision']}), {result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
+        err.print(f"trial {result['trial_id']}: {describe(result['hyperparameters'])} (CV {result['objective']} "
+                  f"{result['cv_score']:.4f}); {result['backend']} on {result['device']} ({result['precision']}), "
+                  f"{result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
                   f"{state.CURVES_FILE} and {state.CONFUSION_FILE}", soft_wrap=True)
     print(f"test accuracy: {result['test_accuracy']:.4f}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, DataWarning):
+        print(f"tuner-app: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main() -> None:
     """Entry point: run the app, turning expected errors into one line and an exit code."""
+    warnings.showwarning = _show_warning
     try:
         code = app(standalone_mode=False)
     except TyperException as e:  # typer's (vendored click's) usage errors
@@ -253,6 +294,9 @@ def main() -> None:
         sys.exit(e.exit_code)
     except Abort:
         sys.exit(1)
+    except SettingError as e:  # a setting named in Python's terms: say it in the CLI's
+        print(f"tuner-app: error: {e.as_option('--' + e.name.replace('_', '-'))}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except TunerAppError as e:
         print(f"tuner-app: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -1,8 +1,9 @@
 """Load and validate an image-classification dataset; subset, scale and one-hot it.
 
-Three sources: a Keras dataset by name (downloaded and cached by Keras), an `.npz`
-with `x_train, y_train, x_test, y_test`, or a directory holding the four IDX files of
-MNIST's original layout (gzipped or not). Everything is validated here, once, with
+Four sources: a Keras dataset by name (downloaded and cached by Keras), `mnist-sample`
+(a 1,300-image stratified MNIST subset shipped inside the package, for work with no
+network), an `.npz` with `x_train, y_train, x_test, y_test`, or a directory holding the
+four IDX files of MNIST's original layout (gzipped or not). Everything is validated here, once, with
 messages that name the file and the fix; nothing downstream re-checks the arrays.
 """
 
@@ -18,6 +19,9 @@ import numpy as np
 from tuner_app.errors import DataError, UsageError
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+SAMPLE = "mnist-sample"
+SAMPLE_DIR = Path(__file__).parent / "datasets" / "mnist_sample"
+DATASETS = (*KERAS_DATASETS, SAMPLE)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # IDX file stems: MNIST's names ("t10k") and the obvious "test" spelling.
 IDX_STEMS = {
@@ -70,7 +74,8 @@ def load_dataset(data: str | Path | None = None, dataset: str = "mnist") -> Data
 
     Args:
         data: An `.npz` file or an IDX directory; when given, `dataset` is ignored.
-        dataset: A `keras.datasets` name, downloaded (and cached) by Keras.
+        dataset: A `keras.datasets` name, downloaded (and cached) by Keras, or "mnist-sample",
+            the subset shipped with tuner-app.
 
     Returns:
         The validated `Dataset`.
@@ -84,12 +89,19 @@ def load_dataset(data: str | Path | None = None, dataset: str = "mnist") -> Data
             raise DataError(f"--data {path}: no such file or directory; give an .npz file or a directory of IDX files")
         arrays = _load_idx_dir(path) if path.is_dir() else _load_npz(path)
         return validate(Dataset(*arrays, source=str(path.resolve())))
+    if dataset == SAMPLE:
+        return validate(Dataset(*_load_idx_dir(SAMPLE_DIR), source=SAMPLE))
     return validate(Dataset(*_download(dataset), source=dataset))
+
+
+def load_source(source: str) -> Dataset:
+    """Load a dataset from what `Dataset.source` recorded: a dataset name or a path."""
+    return load_dataset(None, source) if source in DATASETS else load_dataset(source)
 
 
 def _download(name: str):
     if name not in KERAS_DATASETS:
-        raise UsageError(f"--dataset {name!r}: choose one of {', '.join(KERAS_DATASETS)}, or give a local copy with --data PATH")
+        raise UsageError(f"--dataset {name!r}: choose one of {', '.join(DATASETS)}, or give a local copy with --data PATH")
     import keras
 
     try:
@@ -97,8 +109,8 @@ def _download(name: str):
     except Exception as e:  # noqa: BLE001 - any download/cache failure means the same to the user
         reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
         raise DataError(
-            f"could not download the {name!r} dataset ({reason}); without a network, pass a local copy: "
-            "--data PATH (an .npz or a directory of IDX files, e.g. the MNIST files)"
+            f"could not download the {name!r} dataset ({reason}); without a network, pass a local copy with "
+            f"--data PATH (an .npz or a directory of the MNIST IDX files), or try --dataset {SAMPLE}"
         ) from None
     return xtr, ytr.reshape(-1), xte, yte.reshape(-1)
 

@@ -1,4 +1,10 @@
-"""Keras backend and device selection: auto, cpu or gpu, on tensorflow, jax or torch.
+"""Keras backend, device and precision: chosen once per search, adopted by every later process.
+
+`settle` is the one entry point: the process that creates a project resolves the device
+(auto, cpu, gpu) and the precision (auto, float32, mixed) and search.json records them;
+a resume or a worker adopts what was recorded (an explicit other choice is then refused
+like any changed setting). A KerasTuner chief trains nothing: it hides the GPUs from its
+own backend and resolves for its workers from what `nvidia-smi` shows, without a backend.
 
 `configure` must run before Keras is imported (Keras reads KERAS_BACKEND once, and
 hiding GPUs only works before the backend initialises them); `resolve` runs after and
@@ -9,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -19,12 +27,49 @@ DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = {"auto": None, "float32": "float32", "mixed": "mixed_bfloat16"}
 
 
-def configure(backend: str | None = None, device: str = "auto") -> None:
+def settle(backend: str | None, device: str = "auto", precision: str = "auto", role: str | None = None,
+           recorded: dict | None = None, threads: int | None = None) -> dict:
+    """Configure the backend and resolve the search's device and precision, once.
+
+    Args:
+        backend: "tensorflow", "jax" or "torch"; None keeps KERAS_BACKEND (default tensorflow).
+        device: "auto", "cpu" or "gpu" as asked.
+        precision: "auto", "float32" or "mixed" as asked.
+        role: None (a lone process), "chief" or "worker" (KerasTuner's distributed roles).
+        recorded: The project's search.json when it exists: its device and precision are
+            adopted where `device`/`precision` are "auto".
+        threads: CPU threads for training (None: the backend's default, all cores).
+
+    Returns:
+        {"backend", "device", "gpus", "precision"} with the device and precision the search trains in.
+    """
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    policy = PRECISIONS[precision]
+    if recorded:
+        device = recorded.get("device", device) if device == "auto" else device
+        policy = policy or (recorded.get("cv") or {}).get("precision")
+    if role == "chief":  # trains nothing: resolve for the workers from nvidia-smi, keep the GPUs free
+        gpus = visible_gpus()
+        device = device if device != "auto" else ("gpu" if gpus else "cpu")
+        fast = _gpus_have_bf16() if device == "gpu" else _cpu_has_amx_bf16()
+        configure(backend, "cpu", threads)  # hides the GPUs from this process's backend
+        return {"backend": resolve("cpu")["backend"], "device": device, "gpus": gpus,
+                "precision": policy or ("mixed_bfloat16" if fast else "float32")}
+    configure(backend, device, threads)
+    info = resolve(device)
+    return {**info, "precision": policy or resolve_precision("auto", info)}
+
+
+def configure(backend: str | None = None, device: str = "auto", threads: int | None = None) -> None:
     """Select the Keras backend and hide GPUs for `device='cpu'`; call before importing Keras.
 
     Args:
         backend: "tensorflow", "jax" or "torch"; None keeps KERAS_BACKEND (default tensorflow).
         device: "auto", "cpu" or "gpu".
+        threads: CPU threads for training (None: the backend's default).
     """
     if device not in DEVICES:
         raise UsageError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
@@ -40,10 +85,11 @@ def configure(backend: str | None = None, device: str = "auto") -> None:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ["JAX_PLATFORMS"] = "cpu"
-    threads = os.environ.get("TUNER_APP_THREADS")  # set by the --workers launcher to share the cores
-    if threads:
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UsageError(f"--threads {threads}: must be an integer >= 1")
         for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-            os.environ[var] = threads
+            os.environ[var] = str(threads)
     try:
         with native_stderr_muted():
             import keras  # noqa: F401  (import now: a missing backend is a usage error)
@@ -52,7 +98,7 @@ def configure(backend: str | None = None, device: str = "auto") -> None:
     if threads and wanted == "torch":
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -106,14 +152,15 @@ def resolve(device: str = "auto") -> dict:
     import keras
 
     backend = keras.backend.backend()
-    with native_stderr_muted():
-        gpus = [] if device == "cpu" else _gpus(backend)
+    with native_stderr_muted():  # initialise the devices now, muted: TensorFlow logs a failed cuInit
+        gpus = _gpus(backend)
+    gpus = [] if device == "cpu" else gpus
     if device == "gpu" and not gpus:
         raise UsageError(f"--device gpu: the {backend} backend sees no GPU; use --device cpu, or check the driver/CUDA_VISIBLE_DEVICES")
     return {"backend": backend, "device": "gpu" if gpus else "cpu", "gpus": gpus}
 
 
-def precision(requested: str, info: dict) -> str:
+def resolve_precision(requested: str, info: dict) -> str:
     """The Keras dtype policy to train with: "float32" or "mixed_bfloat16".
 
     `auto` takes bfloat16 arithmetic (float32 weights) where the hardware runs it natively
@@ -130,6 +177,37 @@ def precision(requested: str, info: dict) -> str:
         return PRECISIONS[requested]
     fast = _gpu_has_bf16(info["backend"]) if info["device"] == "gpu" else _cpu_has_amx_bf16()
     return "mixed_bfloat16" if fast else "float32"
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices this host shows (CUDA_VISIBLE_DEVICES, else nvidia-smi), without loading a backend."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    return [row[0] for row in _nvidia_smi("index")]
+
+
+def _nvidia_smi(*fields: str) -> list[list[str]]:
+    """Rows of `nvidia-smi --query-gpu=FIELDS` ([] without nvidia-smi or a driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [[cell.strip() for cell in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+
+
+def _gpus_have_bf16() -> bool:
+    """Whether the GPUs the workers get are compute capability >= 8.0 (from nvidia-smi; unknown: False)."""
+    wanted = set(visible_gpus())
+    try:
+        caps = [float(cap) for index, cap in _nvidia_smi("index", "compute_cap") if index in wanted]
+    except ValueError:
+        return False
+    return bool(caps) and min(caps) >= 8.0
 
 
 def _cpu_has_amx_bf16() -> bool:

@@ -13,6 +13,7 @@ import signal
 
 from tuner_app.errors import SearchInterrupted
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _requested: int | None = None
 _immediate = False
 
@@ -25,23 +26,31 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT), immediate: bool = False):
+def handling(handler, signals=STOP_SIGNALS):
+    """Install `handler` for `signals` meanwhile (the one place tuner-app sets signal handlers)."""
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_on_signals(immediate: bool = False):
     """While active, SIGTERM/SIGINT request a stop that `check()` turns into SearchInterrupted.
 
     Args:
-        signals: The signals to handle.
         immediate: Raise from the handler at once (a chief that only serves the oracle
             and never reaches a check point).
     """
     global _requested, _immediate
     _requested, _immediate = None, immediate
-    previous = {s: signal.signal(s, _handler) for s in signals}
     try:
-        yield
-        check()
+        with handling(_handler):
+            yield
+            check()
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         _requested = None
 
 

@@ -2,8 +2,8 @@
 
 KerasTuner's GridSearchOracle keeps its position in memory only (a linked list that
 oracle.json does not store), so after a restart it stops at once or fails. This
-oracle enumerates `SearchSpace.points()` in order and hands out the first point that
-no trial has taken yet, which needs no state beyond the trials themselves.
+oracle enumerates `Grid.points` in order and hands out the first point that no trial
+has taken yet, which needs no state beyond the trials themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import keras_tuner
 from keras_tuner.src.engine import trial as trial_module
 
 from tuner_app import state
-from tuner_app.space import SearchSpace
+from tuner_app.grid import Grid
 
 RUNNING = trial_module.TrialStatus.RUNNING
 FAILED = trial_module.TrialStatus.FAILED
@@ -25,17 +25,17 @@ class ResumableGridOracle(keras_tuner.Oracle):
     """Every grid point exactly once, across restarts and workers; atomic state files.
 
     Args:
-        space: The grid.
+        grid: The grid (its hyperparameters become the oracle's space).
         **kwargs: Passed to `keras_tuner.Oracle` (objective, seed, max_retries_per_trial, ...).
     """
 
-    def __init__(self, space: SearchSpace, **kwargs):
-        super().__init__(**kwargs)
-        self.space = space
+    def __init__(self, grid: Grid, **kwargs):
+        super().__init__(hyperparameters=grid.hyperparameters.copy(), max_trials=len(grid), **kwargs)
+        self.grid = grid
 
     def populate_space(self, trial_id):
         taken = {self._compute_values_hash(t.hyperparameters.values) for t in self.trials.values()}
-        for values in self.space.points():
+        for values in self.grid.points:
             if self._compute_values_hash(values) not in taken:
                 return {"status": RUNNING, "values": values}
         if self.ongoing_trials:

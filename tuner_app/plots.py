@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_results(results: list[dict], path: str | Path) -> Path:
-    """Each configuration's fold accuracies as points, with mean and +-1 std, best on top.
+    """Each configuration's fold scores (the search's objective) as points, with mean and +-1 std, best on top.
 
     Args:
         results: `report.load_results(...)` (ranked).
@@ -45,9 +45,10 @@ def results_figure(results: list[dict]):
     """The figure of `plot_results` (one scatter point per finished fold)."""
     plt = _figure()
     shown = [r for r in results if r["folds"]][::-1]  # best at the top of the chart
+    objective = results[0]["objective"] if results else "score"
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(shown) + 1.5))
     for i, r in enumerate(shown):
-        accs = np.array([f["val_accuracy"] for f in r["folds"]])
+        accs = np.array([f[objective] for f in r["folds"] if objective in f])
         ax.scatter(accs, np.full(len(accs), i), s=22, color="tab:blue", alpha=0.7, zorder=3,
                    label="fold" if i == 0 else None)
         ax.errorbar(accs.mean(), i, xerr=accs.std(), fmt="D", color="black", capsize=4, zorder=4,
@@ -55,8 +56,8 @@ def results_figure(results: list[dict]):
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([describe(r["hyperparameters"]) + ("" if r["status"] == "COMPLETED" else " (running)")
                         for r in shown])
-    ax.set_xlabel("validation accuracy per fold")
-    ax.set_title("grid points ranked by mean fold accuracy")
+    ax.set_xlabel(f"{objective} per fold")
+    ax.set_title(f"grid points ranked by mean fold {objective}")
     ax.grid(axis="x", alpha=0.3)
     if shown:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
@@ -69,6 +70,8 @@ def plot_history(history: dict, path: str | Path) -> Path:
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, key in ((acc, "accuracy"), (loss, "loss")):
+        if key not in history:
+            continue
         ax.plot(epochs, history[key], "o-", label=f"train {key}")
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s--", label=f"validation {key}")

@@ -15,7 +15,8 @@ import rich.progress
 class Progress:
     """No-op listener; subclass and override what you need."""
 
-    def search_start(self, total: int, done: int, where: str) -> None: ...
+    def search_start(self, total: int, done: int, where: str, objective: str = "val_accuracy",
+                     direction: str = "max") -> None: ...
     def trial_start(self, trial_id: str, values: dict, index: int | None, total: int) -> None: ...
     def fold_start(self, fold: int, folds: int, epochs: int) -> None: ...
     def fold_reused(self, record: dict, folds: int) -> None: ...
@@ -37,9 +38,14 @@ def epoch_callback(progress: Progress):
     return _EpochHook()
 
 
+def format_value(value) -> str:
+    """A hyperparameter value as people read it: 0.0005, not 0.00050000000000000001."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def describe(values: dict) -> str:
-    """'filters=64,128 lr=0.0005 dense=120' for one grid point."""
-    return f"filters={values['filters']} lr={values['learning_rate']:g} dense={values['dense_units']}"
+    """'filters=64,128 learning_rate=0.0005 dense_units=120' for one grid point."""
+    return " ".join(f"{name}={format_value(value)}" for name, value in values.items()) or "(no hyperparameters)"
 
 
 class RichProgress(Progress):
@@ -58,8 +64,10 @@ class RichProgress(Progress):
         self._trials = self._epochs = None
         self._fold = ""
         self._best: float | None = None
+        self._objective, self._better = "val_accuracy", max
 
-    def search_start(self, total, done, where):
+    def search_start(self, total, done, where, objective="val_accuracy", direction="max"):
+        self._objective, self._better = objective, max if direction == "max" else min
         self.bars.start()
         self._trials = self.bars.add_task("trials", total=total, completed=done)
         if done:
@@ -67,7 +75,7 @@ class RichProgress(Progress):
 
     def trial_start(self, trial_id, values, index, total):
         self.bars.update(self._trials, description=f"trial {trial_id} ({describe(values)})")
-        where = f"trial {index}/{total} [id {trial_id}]" if index else f"trial {trial_id} of {total}"
+        where = f"trial {index}/{total} \\[id {trial_id}]" if index else f"trial {trial_id} of {total}"
         self.console.log(f"{where}: {describe(values)}")
 
     def fold_start(self, fold, folds, epochs):
@@ -77,24 +85,27 @@ class RichProgress(Progress):
         self._epochs = self.bars.add_task(self._fold, total=epochs)
 
     def fold_reused(self, record, folds):
-        self.console.log(f"  fold {record['fold']}/{folds}: val_accuracy {record['val_accuracy']:.4f} (kept from before)")
+        self.console.log(f"  fold {record['fold']}/{folds}: {self._score(record)} (kept from before)")
+
+    def _score(self, logs: dict) -> str:
+        value = logs.get(self._objective)
+        return f"{self._objective} {value:.4f}" if value is not None else ""
 
     def epoch_end(self, epoch, logs):
-        acc = logs.get("val_accuracy")
-        desc = self._fold if acc is None else f"{self._fold}, val_accuracy {acc:.4f}"
-        self.bars.update(self._epochs, advance=1, description=desc)
+        score = self._score(logs)
+        self.bars.update(self._epochs, advance=1, description=f"{self._fold}, {score}" if score else self._fold)
 
     def fold_end(self, record, folds):
         self.console.log(
-            f"  fold {record['fold']}/{folds}: val_accuracy {record['val_accuracy']:.4f} "
-            f"after {record['epochs']} epochs, {record['seconds']:.1f} s"
+            f"  fold {record['fold']}/{folds}: {self._score(record)} after {record['epochs']} epochs, {record['seconds']:.1f} s"
         )
 
     def trial_end(self, trial_id, score, status):
         self.bars.advance(self._trials)
         if score is not None:
-            self._best = score if self._best is None else max(self._best, score)
-            self.console.log(f"trial {trial_id} {status.lower()}: mean val_accuracy {score:.4f} (best so far {self._best:.4f})")
+            self._best = score if self._best is None else self._better(self._best, score)
+            self.console.log(f"trial {trial_id} {status.lower()}: mean {self._objective} {score:.4f} "
+                             f"(best so far {self._best:.4f})")
         else:
             self.console.log(f"trial {trial_id} {status.lower()}")
 

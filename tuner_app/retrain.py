@@ -1,15 +1,17 @@
-"""Best trial -> fresh model trained on the whole training set -> test evaluation -> files.
+"""Best trial -> its model rebuilt and trained on the whole training set -> test evaluation -> files.
 
-Writes `<project>/best_model.keras` and `<project>/retrain.json`, each atomically.
+Writes `<project>/best_model.keras`, `retrain.json` and two pictures, each atomically and
+durably (`state.atomic_save`). The model is the searched one (`search.json` names it),
+rebuilt with the best trial's hyperparameter values; the data is the searched data unless
+another is given, in which case a `DataWarning` says so and retrain.json records it.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -17,129 +19,110 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from tuner_app import data as data_mod
-from tuner_app import plots, report, state
-from tuner_app.errors import DataError, UsageError
-from tuner_app.hypermodel import build_cnn, check_precision
+from tuner_app import models, plots, report, state
+from tuner_app.errors import DataError, DataWarning, UsageError
+from tuner_app.models.checks import label_form, labels
 from tuner_app.progress import Progress, epoch_callback
-from tuner_app.space import parse_filters
+from tuner_app.search import stored_settings
+from tuner_app.settings import RetrainConfig
 
 
-@dataclass(frozen=True)
-class RetrainConfig:
-    """How the final model is trained (the seed notebook's values by default).
-
-    Args:
-        epochs: Training epochs.
-        batch_size: Batch size.
-        validation_split: Fraction of the training set held out (the last part, as in Keras).
-        seed: Weight-initialisation seed; None takes the search's seed.
-        precision: "float32" (default: the final model is the deliverable, trained at full
-            precision even when the search ranked configurations in bfloat16) or "mixed_bfloat16".
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    validation_split: float = 0.1
-    seed: int | None = None
-    precision: str = "float32"
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
-        if not 0 < self.validation_split < 1:
-            raise UsageError(f"--validation-split {self.validation_split}: must be strictly between 0 and 1, e.g. 0.1")
-        check_precision(self.precision)
-
-
-def save_model_atomic(model: keras.Model, path: Path) -> None:
-    """`model.save` to a temp file beside `path`, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def default_config(model: models.LoadedModel, **given) -> RetrainConfig:
+    """RetrainConfig from the options given, else the model's suggested `retrain_*` defaults."""
+    suggested = {k.removeprefix("retrain_"): v for k, v in model.defaults.items() if k.startswith("retrain_")}
+    fields = RetrainConfig.__dataclass_fields__
+    return RetrainConfig(**{k: v for k, v in {**suggested, **given}.items() if k in fields and v is not None})
 
 
 def retrain_best(
-    dataset: data_mod.Dataset,
+    dataset: data_mod.Dataset | None = None,
     directory: str | Path = "tuning_dirs",
     project: str = "default",
-    config: RetrainConfig | None = None,
+    config: RetrainConfig | dict | None = None,
     train_limit: int | None = None,
     device_info: dict | None = None,
     progress: Progress | None = None,
+    hypermodel=None,
 ) -> dict:
-    """Train the best completed trial's configuration on the whole training set and test it.
+    """Train the best completed trial's model on the whole training set and test it.
 
     Args:
-        dataset: The loaded dataset; its image shape and classes must match the search's.
+        dataset: The data; None loads the searched data (`search.json`'s source). Other data
+            with the searched image shape and classes is used with a `DataWarning`.
         directory: Parent directory of all projects.
         project: The searched project.
-        config: Epochs, batch size, validation split, seed.
+        config: Epochs, batch size, validation split, seed, precision; a dict gives some of
+            them (None values and missing keys: the model's suggested `retrain_*` values, else
+            RetrainConfig's, the seed notebook's).
         train_limit: Train on a stratified subset of this many images (quick runs).
         device_info: What `tuner_app.device.resolve` reported, stored in retrain.json.
         progress: Listener for progress events.
+        hypermodel: The model to rebuild; None loads what the search recorded (a Python object
+            passed to `run_search` has to be passed again).
 
     Returns:
         The report written to retrain.json.
     """
-    config = config or RetrainConfig()
     progress = progress or Progress()
     pdir = state.project_dir(directory, project)
-    search = state.read_search(pdir)
+    searched = stored_settings(pdir)
     best = report.best_completed(report.load_results(pdir))
     if best is None:
         raise UsageError(f"project {pdir} has no completed trial yet; run (or resume) `tuner-app search` first")
+    dataset = dataset or data_mod.load_source(searched["data"]["source"])
     shape, classes = list(dataset.input_shape), dataset.num_classes
-    if shape != search["data"]["input_shape"] or classes != search["data"]["num_classes"]:
+    if shape != searched["data"]["input_shape"] or classes != searched["data"]["num_classes"]:
         raise DataError(
             f"data {dataset.source}: images {tuple(shape)} with {classes} classes, but the search used "
-            f"{tuple(search['data']['input_shape'])} with {search['data']['num_classes']}; pass the searched dataset"
+            f"{tuple(searched['data']['input_shape'])} with {searched['data']['num_classes']}; pass the searched dataset"
         )
+    same_data = _same_data(dataset, searched["data"])
+    if not same_data:
+        warnings.warn(DataWarning(f"retraining on {dataset.source}, which is not the data searched "
+                                  f"({searched['data']['source']}); the CV scores were measured on the latter"))
+    loaded = _model(searched["model"], hypermodel, dataset)
+    config = config if isinstance(config, RetrainConfig) else default_config(loaded, **(config or {}))
     if train_limit is not None:
         dataset = data_mod.stratified_subset(dataset, train_limit)
-    seed = search["cv"]["seed"] if config.seed is None else config.seed
-    x, y = data_mod.scale_images(dataset.x_train), data_mod.one_hot(dataset.y_train, classes)
-    x_test, y_test = data_mod.scale_images(dataset.x_test), data_mod.one_hot(dataset.y_test, classes)
+    seed = searched["cv"]["seed"] if config.seed is None else config.seed
+    x, x_test = data_mod.scale_images(dataset.x_train), data_mod.scale_images(dataset.x_test)
 
-    hp = best["hyperparameters"]
+    hp = models.hyperparameters(best["hyperparameters"])
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    model = build_cnn(dataset.input_shape, classes, parse_filters(hp["filters"]), hp["dense_units"], hp["learning_rate"],
-                      config.precision)
+    model = models.build(loaded.hypermodel, hp, config.precision)
+    form = label_form(model)
     progress.message(f"retraining trial {best['trial_id']} on {len(x)} images for {config.epochs} epochs")
     progress.fold_start(1, 1, config.epochs)
     start = time.perf_counter()
-    history = model.fit(x, y, epochs=config.epochs, batch_size=config.batch_size,
-                        validation_split=config.validation_split, verbose=0, callbacks=[epoch_callback(progress)])
+    history = loaded.hypermodel.fit(hp, model, x, labels(dataset.y_train, form, classes), epochs=config.epochs,
+                                    batch_size=config.batch_size, validation_split=config.validation_split, verbose=0,
+                                    callbacks=[epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
-    # One pass over the test set gives the loss and accuracy `evaluate` would and the confusion matrix.
-    probabilities = model.predict(x_test, batch_size=config.batch_size, verbose=0)
-    test_loss = float(np.mean(keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(y_test, probabilities))))
-    predicted = np.argmax(probabilities, axis=1)
-    test_accuracy = float(np.mean(predicted == dataset.y_test))
+    test_metrics = model.evaluate(x_test, labels(dataset.y_test, form, classes), batch_size=config.batch_size,
+                                  verbose=0, return_dict=True)
+    predicted = np.argmax(model.predict(x_test, batch_size=config.batch_size, verbose=0), axis=1)
     seconds = time.perf_counter() - start
     progress.close()
     confusion = confusion_matrix(dataset.y_test, predicted, labels=list(range(classes)))
 
-    save_model_atomic(model, pdir / state.MODEL_FILE)
+    state.atomic_save(pdir / state.MODEL_FILE, lambda tmp: model.save(tmp))
+    logs = getattr(history, "history", history) or {}
     result = {
-        "trial_id": best["trial_id"], "hyperparameters": hp, "cv_score": best["score"], "cv_std": best["std"],
-        "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
+        "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"], "model": loaded.spec,
+        "objective": searched["cv"]["objective"], "cv_score": best["score"], "cv_std": best["std"],
+        "test_accuracy": float(np.mean(predicted == dataset.y_test)),
+        "test_loss": float(test_metrics.get("loss", float("nan"))),
+        "test_metrics": {k: float(v) for k, v in test_metrics.items()},
         "train_size": len(x), "test_size": len(x_test), "params": int(model.count_params()),
         **asdict(config), "seed": seed,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": {k: [float(v) for v in vs] for k, vs in logs.items()},
         "backend": keras.backend.backend(), "device": (device_info or {}).get("device", "cpu"),
         "gpus": (device_info or {}).get("gpus", []),
         "train_seconds": round(train_seconds, 2), "seconds": round(seconds, 2),
         "confusion_matrix": confusion.tolist(),
-        "data": dataset.source, "model": str(pdir / state.MODEL_FILE),
+        "data": dataset.source, "searched_data": searched["data"]["source"], "same_data_as_search": same_data,
+        "model_file": str(pdir / state.MODEL_FILE),
         "plots": [str(pdir / state.CURVES_FILE), str(pdir / state.CONFUSION_FILE)],
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -149,12 +132,36 @@ def retrain_best(
     return result
 
 
+def _same_data(dataset: data_mod.Dataset, searched: dict) -> bool:
+    """Whether `dataset` holds the searched training images (after the search's train limit)."""
+    limit = searched.get("train_limit")
+    try:
+        view = data_mod.stratified_subset(dataset, limit) if limit is not None else dataset
+    except UsageError:  # the search's limit does not fit this data: other data
+        return False
+    return view.fingerprint() == searched.get("fingerprint")
+
+
+def _model(searched: dict, hypermodel, dataset: data_mod.Dataset) -> models.LoadedModel:
+    """The searched model, loaded again; a changed model file is said and used."""
+    if hypermodel is None and searched["spec"].startswith("__main__:"):
+        raise UsageError(f"the search's model {searched['spec']} was defined in a notebook or script; "
+                         "pass it again: retrain_best(..., hypermodel=...)")
+    loaded = models.load_model(hypermodel or searched["spec"], dataset.input_shape, dataset.num_classes)
+    if searched.get("sha256") and loaded.sha256 and loaded.sha256 != searched["sha256"]:
+        warnings.warn(DataWarning(f"model file {loaded.file} changed since the search; retraining the file as it "
+                                  "is now"))
+    return loaded
+
+
 def evaluate_saved(path: str | Path, dataset: data_mod.Dataset, batch_size: int = 128) -> tuple[float, float]:
-    """Reload a saved model in Keras' safe mode and return (test loss, test accuracy)."""
+    """Reload a saved model in Keras' safe mode and return (test loss, test accuracy by argmax)."""
     model = keras.saving.load_model(str(path), safe_mode=True)
-    x, y = data_mod.scale_images(dataset.x_test), data_mod.one_hot(dataset.y_test, dataset.num_classes)
-    loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)
-    return float(loss), float(acc)
+    x = data_mod.scale_images(dataset.x_test)
+    loss = model.evaluate(x, labels(dataset.y_test, label_form(model), dataset.num_classes), batch_size=batch_size,
+                          verbose=0, return_dict=True)["loss"]
+    accuracy = np.mean(np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=1) == dataset.y_test)
+    return float(loss), float(accuracy)
 
 
-__all__ = ["RetrainConfig", "evaluate_saved", "retrain_best"]
+__all__ = ["RetrainConfig", "default_config", "evaluate_saved", "retrain_best"]

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuner_app.errors import StateError, UsageError
 
@@ -57,22 +57,36 @@ def project_dir(directory: str | os.PathLike, project: str) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new file, never a part.
+    """Write `data` to `path` so that readers see the old or the new file, never a part."""
 
-    Temp file in the same directory, fsync, rename over the target, fsync the directory.
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_save(path, write)
+
+
+def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Have `write(tmp)` write a file, then make it `path` atomically and durably.
+
+    Temp file in the same directory (same suffix, for writers that go by it, like
+    `keras.Model.save`), fsync it, rename it over the target, fsync the directory.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make state unreadable to others
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make state unreadable to others
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -132,12 +146,20 @@ def read_search(pdir: Path) -> dict:
     return read_json(pdir / SEARCH_FILE, "search configuration")
 
 
+def objective(search: dict) -> tuple[str, str]:
+    """(metric name, "max" or "min") a project's trials are scored by (val_accuracy, max before --objective)."""
+    cv = search.get("cv") or {}
+    return cv.get("objective", "val_accuracy"), cv.get("direction", "max")
+
+
 class ProjectLock:
     """An exclusive `flock` on `<directory>/.<project>.lock` for the lifetime of a search.
 
     The kernel drops the lock when its process dies, so a stale lock file left by a
     killed search never blocks the next run. Only the process that owns the oracle
-    (a standalone search, or the chief in distributed mode) takes it.
+    (a lone search, or the chief in distributed mode) takes it. Taking it changes no
+    byte of an existing lock file; `claim` writes this process's pid once the search
+    is sure to run, so that a refused run leaves the directory as it was.
     """
 
     def __init__(self, directory: str | os.PathLike, project: str):
@@ -157,10 +179,15 @@ class ProjectLock:
                 f"project {self.project} is being searched by another process (pid {holder}); "
                 "wait for it to finish, or use another --project"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
+
+    def claim(self) -> None:
+        """Write this process's pid into the lock file (named by a second search that is refused)."""
+        pid = str(os.getpid()).encode()
+        if os.pread(self._fd, 64, 0) != pid:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, pid, 0)
 
     def release(self) -> None:
         if self._fd is not None:

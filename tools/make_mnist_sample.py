@@ -1,6 +1,6 @@
-"""Rebuild tests/data/mnist_small from the full MNIST IDX files (provenance of the fixture).
+"""Rebuild tuner_app/datasets/mnist_sample from the full MNIST IDX files (its provenance).
 
-    python tests/data/make_fixture.py ../shared/data/mnist
+    python tools/make_mnist_sample.py /path/to/mnist
 
 Takes a stratified 1,000-image subset of the training set and a stratified 300-image subset
 of the test set (scikit-learn train_test_split, random_state=0) and writes them as gzipped
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tuner_app.data import load_dataset
 
 TRAIN, TEST = 1000, 300
@@ -29,7 +29,7 @@ def main(src: str) -> None:
     ds = load_dataset(src)
     xtr, _, ytr, _ = train_test_split(ds.x_train, ds.y_train, train_size=TRAIN, stratify=ds.y_train, random_state=0)
     xte, _, yte, _ = train_test_split(ds.x_test, ds.y_test, train_size=TEST, stratify=ds.y_test, random_state=0)
-    out = Path(__file__).parent / "mnist_small"
+    out = Path(__file__).resolve().parents[1] / "tuner_app" / "datasets" / "mnist_sample"
     out.mkdir(exist_ok=True)
     for name, a in (("train-images-idx3-ubyte.gz", xtr), ("train-labels-idx1-ubyte.gz", ytr),
                     ("t10k-images-idx3-ubyte.gz", xte), ("t10k-labels-idx1-ubyte.gz", yte)):

@@ -1,0 +1,48 @@
+"""Models that are wrong in the ways a user's model can be, one per NAME (tests/test_bad_input.py)."""
+
+import keras
+import keras_tuner
+from keras import layers
+
+
+def _net(input_shape, outputs=10, compile=True):
+    model = keras.Sequential([keras.Input(input_shape), layers.Flatten(), layers.Dense(outputs, activation="softmax")])
+    if compile:
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def raises(hp, input_shape):
+    hp.Choice("units", [8, 16])
+    raise ValueError("this model has a bug")
+
+
+def not_compiled(hp, input_shape):
+    hp.Choice("units", [8, 16])
+    return _net(input_shape, compile=False)
+
+
+def wrong_classes(hp, input_shape):
+    hp.Choice("units", [8, 16])
+    return _net(input_shape, outputs=5)
+
+
+def no_finite_grid(hp, input_shape):
+    hp.Float("dropout", 0.0, 0.5)
+    return _net(input_shape)
+
+
+def not_a_model(hp):
+    return "a model"
+
+
+class NotAHyperModel:
+    pass
+
+
+class Shapeless(keras_tuner.HyperModel):
+    """Fixed to 28x28x1 images: it does not take input_shape."""
+
+    def build(self, hp):
+        hp.Choice("units", [8])
+        return _net((28, 28, 1))

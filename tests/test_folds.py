@@ -1,0 +1,52 @@
+"""Folds: the stratified split, a fold's record, and the store of records."""
+
+import json
+
+import numpy as np
+
+from tuner_app import models
+from tuner_app.data import one_hot, scale_images
+from tuner_app.folds import FoldStore, splits, train_fold
+from tuner_app.model_cache import ModelCache
+from tuner_app.settings import CVConfig
+
+
+def test_folds_are_stratified_and_fixed_by_the_seed(small_dataset):
+    y = small_dataset.y_train
+    pairs = splits(y, 5, 42)
+    overall = np.bincount(y) / len(y)
+    for train, val in pairs:
+        assert len(np.intersect1d(train, val)) == 0
+        np.testing.assert_allclose(np.bincount(y[val], minlength=10) / len(val), overall, atol=0.006)
+    assert all((a[1] == b[1]).all() for a, b in zip(pairs, splits(y, 5, 42)))
+    assert not all((a[1] == b[1]).all() for a, b in zip(pairs, splits(y, 5, 7)))
+
+
+def test_a_folds_record_is_its_best_epoch_by_the_objective(small_dataset):
+    hm = models.load_model("seed").hypermodel
+    hp = models.hyperparameters({"filters": "8,16", "learning_rate": 0.01, "dense_units": 16})
+    x, y = scale_images(small_dataset.x_train[:300]), one_hot(small_dataset.y_train[:300], 10)
+    for objective in ("val_accuracy", "val_loss"):
+        cv = CVConfig(folds=2, epochs=3, patience=3, objective=objective)
+        record = train_fold(hm, ModelCache(hm, reuse=False), cv, hp, 1, (x[:200], y[:200]), (x[200:], y[200:]))
+        assert record["epochs"] == 3 and 1 <= record["best_epoch"] <= 3 and record["train_size"] == 200
+        assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record)
+        # the same model trained again without early stopping: the record is its chosen epoch
+        model = ModelCache(hm, reuse=False).fresh(hp, cv.seed + 1)
+        history = model.fit(x[:200], y[:200], validation_data=(x[200:], y[200:]), epochs=3, batch_size=128,
+                            verbose=0).history
+        pick = np.argmax if objective == "val_accuracy" else np.argmin
+        best = int(pick(history[objective]))
+        assert record["best_epoch"] == best + 1
+        np.testing.assert_allclose(record["val_loss"], history["val_loss"][best], rtol=1e-5)
+
+
+def test_the_store_keeps_finished_folds_and_writes_them_whole(tmp_path):
+    store = FoldStore(tmp_path)
+    store.add({"fold": 2, "val_accuracy": 0.5, "val_loss": 1.0, "epochs": 1})
+    store.add({"fold": 1, "val_accuracy": 0.7, "val_loss": 0.8, "epochs": 1})
+    assert [r["fold"] for r in json.loads((tmp_path / "folds.json").read_text())] == [1, 2]
+    again = FoldStore(tmp_path)
+    assert 1 in again and 2 in again and 3 not in again
+    assert again.means() == {"val_accuracy": 0.6, "val_loss": 0.9}
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind

@@ -1,0 +1,57 @@
+"""The model cache: a reused compiled model trains exactly as a freshly built one."""
+
+import keras
+import numpy as np
+import pytest
+
+from tuner_app import models
+from tuner_app.folds import train_fold
+from tuner_app.model_cache import ModelCache, architecture_key
+from tuner_app.settings import CVConfig
+
+
+def _regularised(hp):
+    """Sequential (so reusable) with dropout and batch normalisation: random state and statistics to copy."""
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dropout(0.3), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax", dtype="float32")])
+    model.compile(optimizer=keras.optimizers.Adam(hp.Choice("learning_rate", [0.01, 0.001])),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_architecture_key_ignores_names_and_learning_rate_only():
+    hm = models.BuildFunction(_regularised)
+    a = models.build(hm, models.hyperparameters({"learning_rate": 0.01}))
+    b = models.build(hm, models.hyperparameters({"learning_rate": 0.001}))
+    assert a.layers[0].name != b.layers[0].name and architecture_key(a) == architecture_key(b)
+    other = models.build(models.load_model("seed").hypermodel,
+                         models.hyperparameters({"filters": "8,16", "learning_rate": 0.01, "dense_units": 16}))
+    assert architecture_key(other) != architecture_key(a)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("build", ["seed", "regularised"])
+def test_reused_models_give_the_fold_scores_of_fresh_ones(small_dataset, precision, build):
+    hypermodel = models.BuildFunction(_regularised) if build == "regularised" else models.load_model("seed").hypermodel
+    points = [{"learning_rate": lr} if build == "regularised" else {"filters": "8,16", "learning_rate": lr,
+                                                                     "dense_units": 32} for lr in (0.01, 0.001)]
+    from tuner_app.data import one_hot, scale_images
+
+    x, y = scale_images(small_dataset.x_train[:200]), one_hot(small_dataset.y_train[:200], 10)
+    cv = CVConfig(folds=2, epochs=2, batch_size=64, precision=precision)
+    scores = {}
+    for reuse in (False, True):
+        cache = ModelCache(hypermodel, precision, reuse=reuse)
+        scores[reuse] = [train_fold(hypermodel, cache, cv, models.hyperparameters(p), k, (x[:150], y[:150]),
+                                    (x[150:], y[150:]))["val_loss"] for p in points for k in (1, 2)]
+        assert (cache._model is not None) == reuse
+    np.testing.assert_allclose(scores[True], scores[False], rtol=1e-5, atol=1e-6)
+
+
+def test_subclassed_and_functional_models_are_built_fresh_every_time():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    assert architecture_key(Sub()) is None

@@ -1,0 +1,75 @@
+"""Bring your own model, end to end with the real command: a dense net from tests/models, not the seed's CNN."""
+
+import json
+
+import pytest
+from conftest import MODELS, run_cli
+
+MODEL = f"{MODELS / 'dense_net.py'}:build"
+SEARCH = ["search", "--model", MODEL, "--dataset", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs",
+          "1", "--quiet"]
+POINTS = [{"units": 32, "second_layer": False}, {"units": 32, "second_layer": True, "second_units": 16},
+          {"units": 32, "second_layer": True, "second_units": 32}, {"units": 64, "second_layer": False},
+          {"units": 64, "second_layer": True, "second_units": 16}, {"units": 64, "second_layer": True, "second_units": 32}]
+
+
+def _key(values: dict) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("user_model")
+    run_cli(*SEARCH, "--directory", directory, "--project", "dense", check=True)
+    return directory
+
+
+def test_every_declared_point_is_one_completed_trial_keyed_by_the_models_names(searched):
+    trials = json.loads(run_cli("results", "--directory", searched, "--project", "dense", "-f", "json",
+                                check=True).stdout)
+    assert sorted(_key(t["hyperparameters"]) for t in trials) == sorted(map(_key, POINTS))
+    assert all(t["status"] == "COMPLETED" and len(t["folds"]) == 2 for t in trials)
+    assert all({"val_accuracy", "val_loss", "accuracy", "loss"} <= set(t["folds"][0]) for t in trials)
+    csv = run_cli("results", "--directory", searched, "--project", "dense", "-f", "csv", check=True).stdout
+    assert csv.splitlines()[0] == ("rank,trial_id,status,units,second_layer,second_units,score,std,folds_done,"
+                                   "fold_val_accuracy")
+    table = run_cli("results", "--directory", searched, "--project", "dense", check=True).stdout
+    assert "second_units" in table and "best: units=" in table
+    search = json.loads((searched / "dense" / "search.json").read_text())
+    assert search["model"]["spec"] == MODEL and len(search["model"]["sha256"]) == 64
+    assert search["grid"]["size"] == 6
+
+
+def test_retrain_best_rebuilds_the_users_model_and_saves_one_that_reloads(searched):
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "dense", "--epochs", "2", check=True)
+    printed = float(proc.stdout.strip().splitlines()[-1].removeprefix("test accuracy: "))
+    report = json.loads((searched / "dense" / "retrain.json").read_text())
+    best = json.loads(run_cli("results", "--directory", searched, "--project", "dense", "-f", "json").stdout)[0]
+    assert report["hyperparameters"] == best["hyperparameters"] and report["model"] == MODEL
+    assert report["test_accuracy"] == pytest.approx(printed, abs=5e-5) and printed > 0.5
+    assert report["same_data_as_search"] is True and report["train_size"] == 1000
+
+    from tuner_app.data import load_dataset
+    from tuner_app.retrain import evaluate_saved
+
+    _, reloaded = evaluate_saved(searched / "dense" / "best_model.keras", load_dataset(dataset="mnist-sample"))
+    assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
+
+
+def test_grid_overrides_and_dry_run(tmp_path):
+    proc = run_cli(*SEARCH, "--directory", tmp_path, "--dry-run", "--grid", "units=16", "--grid", "second_units=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 grid points" in proc.stdout and "nothing was written" in proc.stdout  # 16 x (no second layer, 8)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+    run_cli(*SEARCH, "--directory", tmp_path, "--project", "g", "--grid", "units=16", "--grid", "second_layer=false",
+            check=True)
+    trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "g", "-f", "json").stdout)
+    assert [t["hyperparameters"] for t in trials] == [{"units": 16, "second_layer": False}]
+
+
+def test_objective_val_loss_ranks_lowest_first(tmp_path):
+    run_cli(*SEARCH, "--directory", tmp_path, "--project", "loss", "--objective", "val_loss", "--grid",
+            "second_layer=false", check=True)
+    trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "loss", "-f", "json").stdout)
+    assert [t["objective"] for t in trials] == ["val_loss", "val_loss"]
+    assert trials[0]["score"] <= trials[1]["score"]

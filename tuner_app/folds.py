@@ -1,0 +1,112 @@
+"""The folds of a trial: the split, training one fold, its record, and the store of records.
+
+A fold's record is the best epoch's metrics (every metric the model compiles, training and
+validation), chosen by the objective: `EarlyStopping` restores exactly those weights, so they
+are what evaluating the restored model would give, with no second evaluation.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from tuner_app import interrupt, state
+from tuner_app.model_cache import ModelCache
+from tuner_app.progress import Progress, epoch_callback
+from tuner_app.settings import CVConfig
+
+RECORD_FIELDS = ("fold", "epochs", "best_epoch", "train_size", "val_size", "seconds", "rss_mb", "finished_at")
+NOT_METRICS = ("learning_rate", "lr")  # what learning-rate callbacks add to the logs
+
+
+def splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, validation) index pairs of stratified K-fold; the same for every trial."""
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(y)), y))
+
+
+class FoldStore:
+    """The fold records of one trial in `trial_<id>/folds.json`, rewritten atomically as each fold ends.
+
+    Args:
+        trial_dir: The trial's directory.
+    """
+
+    def __init__(self, trial_dir: str | os.PathLike):
+        self.path = Path(trial_dir) / state.FOLDS_FILE
+        self.records = {r["fold"]: r for r in state.read_folds(Path(trial_dir))}
+
+    def __contains__(self, fold: int) -> bool:
+        return fold in self.records
+
+    def add(self, record: dict) -> None:
+        self.records[record["fold"]] = record
+        state.atomic_write_json(self.path, [self.records[k] for k in sorted(self.records)])
+
+    def means(self) -> dict[str, float]:
+        """The mean of every metric over the folds (what the trial reports to the oracle)."""
+        folds = list(self.records.values())
+        names = [k for k in folds[0] if k not in RECORD_FIELDS and all(k in f for f in folds)]
+        return {k: float(np.mean([f[k] for f in folds])) for k in names}
+
+
+def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConfig, hp: keras_tuner.HyperParameters,
+               k: int, train: tuple, val: tuple, progress: Progress | None = None, callbacks: list = ()) -> dict:
+    """Train fold `k` (1-based) from its fresh model (seed `cv.seed + k`); return its record.
+
+    The fit goes through `hypermodel.fit`, so a HyperModel that tunes its own training
+    (batch size, callbacks) does so here too.
+
+    Args:
+        hypermodel: Builds and fits the model.
+        cache: Hands out the fresh model.
+        cv: Epochs, batch size, patience, objective.
+        hp: The trial's hyperparameters.
+        k: The fold number.
+        train: (x, y) to fit on.
+        val: (x, y) to validate on.
+        progress: Listener for epoch events.
+        callbacks: More Keras callbacks (TensorBoard).
+    """
+    progress = progress or Progress()
+    progress.fold_start(k, cv.folds, cv.epochs)
+    start = time.perf_counter()
+    model = cache.fresh(hp, cv.seed + k)
+    stop = keras.callbacks.EarlyStopping(monitor=cv.objective, mode=cv.direction, patience=cv.patience,
+                                         restore_best_weights=True)
+    history = hypermodel.fit(hp, model, *train, validation_data=val, epochs=cv.epochs, batch_size=cv.batch_size,
+                             verbose=0, callbacks=[stop, epoch_callback(progress), interrupt.keras_callback(), *callbacks])
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, dict) or cv.objective not in logs:
+        found = ", ".join(logs) if isinstance(logs, dict) else type(history).__name__
+        raise RuntimeError(f"the fold's history has no {cv.objective!r} (it has: {found}); fit must return "
+                           "model.fit's History and the model must compute the objective")
+    scores = np.asarray(logs[cv.objective], dtype=float)
+    best = int(np.argmax(scores) if cv.direction == "max" else np.argmin(scores))  # the first best, as EarlyStopping
+    return {
+        "fold": k,
+        **{name: float(values[best]) for name, values in logs.items() if name not in RECORD_FIELDS + NOT_METRICS},
+        "epochs": len(scores),
+        "best_epoch": best + 1,
+        "train_size": len(train[0]),
+        "val_size": len(val[0]),
+        "seconds": round(time.perf_counter() - start, 3),
+        "rss_mb": rss_mb(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+    }
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now (Linux), to show that it does not grow per trial."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,92 @@
+"""Models exactly as a fresh seeded build makes them, compiled once per architecture where it pays.
+
+Every fold starts from the model `hypermodel.build(hp)` makes right after
+`keras.utils.set_random_seed(fold seed)`. Under TensorFlow, building, compiling and
+tracing the train and validation steps again for every fold costs seconds, so the cache
+keeps the last compiled model and, when the next fold's fresh model has the same
+architecture and compile settings (learning rate aside), copies the fresh model's variables
+(weights, normalisation statistics, random-layer seeds) and a zeroed optimizer into it and
+trains that instead. The arithmetic is the same; `tests/test_model_cache.py` checks the
+fold scores equal fresh models'. Only `keras.Sequential` and functional models are reused:
+their configuration describes them completely.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import keras_tuner
+
+from tuner_app import models
+
+
+def architecture_key(model: keras.Model) -> str | None:
+    """A description of what the model computes and how it is compiled, without names and learning
+    rate; None when the model cannot be described (a subclassed model)."""
+    if type(model) not in (keras.Sequential, keras.Model) and type(model).__name__ != "Functional":
+        return None
+    try:
+        compile_config = model.get_compile_config()
+        compile_config["optimizer"]["config"].pop("learning_rate", None)
+        return json.dumps(_nameless([model.get_config(), compile_config]), sort_keys=True, default=str)
+    except (NotImplementedError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _nameless(config):
+    if isinstance(config, dict):
+        return {k: _nameless(v) for k, v in config.items() if k != "name"}
+    if isinstance(config, list):
+        return [_nameless(v) for v in config]
+    return config
+
+
+class ModelCache:
+    """Hands out the model a fold trains, exactly as a fresh seeded build.
+
+    Args:
+        hypermodel: Builds the models.
+        precision: Dtype policy of the builds.
+        reuse: Reuse one compiled model per architecture (see the module docstring); None
+            reuses under TensorFlow only, the backend that both gains (tracing) and is checked
+            to give identical folds.
+    """
+
+    def __init__(self, hypermodel: keras_tuner.HyperModel, precision: str = "float32", reuse: bool | None = None):
+        self.hypermodel, self.precision = hypermodel, precision
+        self.reuse = keras.backend.backend() == "tensorflow" if reuse is None else reuse
+        self._model: keras.Model | None = None
+        self._key: str | None = None
+
+    def fresh(self, hp: keras_tuner.HyperParameters, seed: int) -> keras.Model:
+        """The model of `hp` as a build after `set_random_seed(seed)` makes it, ready to fit."""
+        if not self.reuse:
+            keras.backend.clear_session()  # a model per fold: drop the last one's graph; memory stays flat
+            return self._build(hp, seed)
+        model = self._build(hp, seed)
+        key = architecture_key(model)
+        if key is None or key != self._key:
+            # A new architecture: free the old one, then build again after the clear, exactly as
+            # the sequence (clear, seed, build) of the non-reusing path.
+            self._model = self._key = None
+            keras.backend.clear_session()
+            model = self._build(hp, seed)
+            self._model, self._key = (model, key) if key is not None else (None, None)
+            return model
+        return self._load(model)
+
+    def _build(self, hp, seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return models.build(self.hypermodel, hp, self.precision)
+
+    def _load(self, fresh: keras.Model) -> keras.Model:
+        """The cached compiled model with `fresh`'s variables, a zeroed optimizer and its learning rate."""
+        model = self._model
+        for target, value in zip(model.variables, fresh.variables):
+            target.assign(value)
+        fresh.optimizer.build(fresh.trainable_variables)
+        for target, value in zip(model.optimizer.variables, fresh.optimizer.variables):
+            target.assign(value)
+        model.optimizer.learning_rate = fresh.optimizer.learning_rate
+        return model

@@ -1,0 +1,274 @@
+"""A search, in two steps: plan it (check everything, write nothing), then run it.
+
+`plan_search` loads the model, finds its grid, applies `--grid` overrides and checks the
+first grid point against the data; every problem is a one-line usage error before any file
+exists. `run_plan` then takes the project lock, creates the project or resumes it (refusing
+any changed setting, and leaving the project byte-identical when it refuses), and runs
+`CVTuner`. `run_search` does both: the Python API a notebook calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+from tuner_app import data as data_mod
+from tuner_app import distributed, grid as grid_mod, state
+from tuner_app.errors import TunerAppError, UsageError
+from tuner_app.models import LoadedModel, load_model
+from tuner_app.models.checks import ModelCheck, check_model, failure
+from tuner_app.progress import Progress
+from tuner_app.settings import CVConfig
+from tuner_app.tuner import CVTuner
+
+
+@dataclass
+class SearchPlan:
+    """Everything a search needs, checked.
+
+    Args:
+        dataset: The data (after `train_limit`).
+        model: The loaded model.
+        grid: Its grid, overrides applied.
+        cv: The CV settings.
+        check: What checking the first grid point found (label form, metrics, parameters).
+        train_limit: The stratified subset size asked for, if any.
+    """
+
+    dataset: data_mod.Dataset
+    model: LoadedModel
+    grid: grid_mod.Grid
+    cv: CVConfig
+    check: ModelCheck
+    train_limit: int | None = None
+
+    def settings(self, backend: str, device: str) -> dict:
+        """What search.json stores and a resume must match (compared key by key)."""
+        ds = self.dataset
+        return {
+            "model": self.model.record(),
+            "grid": self.grid.record(),
+            "cv": self.cv.to_dict(),
+            "data": {"source": ds.source, "train_limit": self.train_limit, "fingerprint": ds.fingerprint(),
+                     "train_size": len(ds.y_train), "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
+            "backend": backend,
+            "device": device,
+        }
+
+
+def default_cv(model: LoadedModel, **given: Any) -> CVConfig:
+    """CVConfig from the options given, else the model's suggested defaults, else CVConfig's."""
+    fields = CVConfig.__dataclass_fields__
+    suggested = {k: v for k, v in model.defaults.items() if k in fields}
+    return CVConfig(**{**suggested, **{k: v for k, v in given.items() if v is not None}})
+
+
+def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = None,
+                cv: CVConfig | None = None, train_limit: int | None = None) -> SearchPlan:
+    """Check a search without writing anything.
+
+    Args:
+        dataset: The loaded dataset.
+        hypermodel: A preset name, "FILE.py:NAME", "module:NAME", a `keras_tuner.HyperModel`, a
+            `build(hp)` function, or a `LoadedModel`.
+        grid: Overrides of the declared hyperparameters' values, {name: [values]}.
+        cv: CV settings (default: the model's suggested defaults, else the seed notebook's).
+        train_limit: Keep a stratified subset of this many training images.
+
+    Raises:
+        UsageError: bad data, model, grid or settings (one line naming it and the fix).
+    """
+    loaded = hypermodel if isinstance(hypermodel, LoadedModel) else load_model(
+        hypermodel, dataset.input_shape, dataset.num_classes)
+    cv = cv or default_cv(loaded)
+    if train_limit is not None:
+        dataset = data_mod.stratified_subset(dataset, train_limit, min_per_class=cv.folds)
+    data_mod.check_folds(dataset.y_train, cv.folds)
+    x = data_mod.scale_images(dataset.x_train[: 64])
+    try:
+        space = grid_mod.discover(loaded.hypermodel, cv.precision)
+    except Exception as e:  # noqa: BLE001 - whatever the user's build raises
+        raise failure(loaded, {}, tuple(x.shape[1:]), e, "building it") from None
+    points = grid_mod.Grid.from_space(space, grid)
+    check = check_model(loaded, points.points[0], x, dataset.y_train[: 64], dataset.num_classes, cv.objective,
+                        cv.precision)
+    return SearchPlan(dataset, loaded, points, cv, check, train_limit)
+
+
+def grid_params(plan: SearchPlan) -> list[int]:
+    """The parameter count of every grid point's model (builds each once; for `--dry-run`)."""
+    import keras
+
+    from tuner_app import models
+
+    counts = []
+    for point in plan.grid.points:
+        hp = plan.grid.hyperparameters.copy()
+        hp.values = dict(point)
+        counts.append(int(models.build(plan.model.hypermodel, hp).count_params()))
+        keras.backend.clear_session()
+    return counts
+
+
+def run_search(
+    dataset: data_mod.Dataset,
+    hypermodel: Any = "seed",
+    grid: dict[str, list] | None = None,
+    cv: CVConfig | None = None,
+    directory: str | Path = "tuning_dirs",
+    project: str = "default",
+    train_limit: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    reuse_models: bool | None = None,
+    tensorboard: bool = False,
+) -> Path:
+    """Run (or resume) a grid search scored by stratified K-fold CV; return the project directory.
+
+    Args:
+        dataset: The loaded dataset (see `tuner_app.data.load_dataset`).
+        hypermodel: The model: "seed" (default), "extended", "FILE.py:NAME", "module:NAME", a
+            `keras_tuner.HyperModel` or a `build(hp)` function returning a compiled model.
+        grid: {hyperparameter name: [values]} replacing declared values for this search.
+        cv: Fold, seed, epoch, precision and objective settings (default: the model's, else the seed's).
+        directory: Parent directory of all projects.
+        project: This search's name; its state lives in `<directory>/<project>/`.
+        train_limit: Keep a stratified subset of this many training images.
+        overwrite: Delete an existing project of that name first.
+        progress: Listener for progress events.
+        reuse_models: See `tuner_app.model_cache.ModelCache`; False builds a new model for every fold.
+        tensorboard: Write TensorBoard logs per trial and fold (needs the tensorflow package).
+    """
+    plan = plan_search(dataset, hypermodel, grid, cv, train_limit)
+    return run_plan(plan, directory, project, overwrite, progress, reuse_models, tensorboard)
+
+
+def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: str = "default", overwrite: bool = False,
+             progress: Progress | None = None, reuse_models: bool | None = None, tensorboard: bool = False,
+             device: str | None = None) -> Path:
+    """Create or resume the project of a checked plan and run the search (see `run_search`).
+
+    Args:
+        device: "cpu" or "gpu", recorded with the search; None: what the backend uses now.
+    """
+    import keras
+
+    from tuner_app import device as device_mod
+
+    if tensorboard:
+        _check_tensorboard()
+    progress = progress or Progress()
+    pdir = state.project_dir(directory, project)
+    state.check_writable(Path(directory))
+    settings = plan.settings(keras.backend.backend(), device or device_mod.resolve("auto")["device"])
+    role = distributed.role()
+    if role == "worker":
+        distributed.wait_for_file(pdir / state.SEARCH_FILE)
+    refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
+    x = data_mod.scale_images(plan.dataset.x_train)
+    # Only the oracle's owner (a lone search, or the chief) locks and writes the project.
+    with contextlib.nullcontext() if role == "worker" else state.ProjectLock(Path(directory), project) as lock:
+        if lock is not None:
+            refuse_changed(pdir, settings, overwrite)  # again, now that no other search can change it
+            _create(pdir, settings, overwrite)
+            lock.claim()
+        with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
+            tuner = CVTuner(plan.model.hypermodel, plan.grid, plan.cv, plan.dataset.num_classes, plan.check.label_form,
+                            progress, reuse_models, tensorboard, directory=str(directory), project_name=project)
+        progress.search_start(len(plan.grid), tuner.completed() or 0, str(pdir), plan.cv.objective, plan.cv.direction)
+        try:
+            tuner.search(x, plan.dataset.y_train, verbose=0)
+        except RuntimeError as e:  # KerasTuner's "consecutive failures exceeded the limit"
+            raise TunerAppError(f"search stopped: {str(e).splitlines()[0]}; {_failure_hint(tuner)}") from None
+        finally:
+            progress.close()
+    failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
+    if failed:
+        raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
+    return pdir
+
+
+def _check_tensorboard() -> None:
+    from tuner_app.device import native_stderr_muted
+
+    try:
+        with native_stderr_muted():
+            import tensorboard as _tb  # noqa: F401
+            import tensorflow as _tf  # noqa: F401  (tf.summary writes the logs, whatever the backend)
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorflow and tensorboard packages: "
+                         "pip install 'tuner-app[tensorboard]'") from None
+
+
+def stored_settings(pdir: Path) -> dict:
+    """The settings stored with a project, in today's form (older projects are translated)."""
+    stored = state.read_search(pdir)
+    if "grid" not in stored and isinstance(stored.get("space"), dict):  # before --model: the seed CNN's grid
+        space = stored["space"]
+        values = {"filters": [",".join(map(str, f)) for f in space["filters"]],
+                  "learning_rate": [float(v) for v in space["learning_rates"]], "dense_units": space["dense_units"]}
+        points = [{"filters": f, "learning_rate": lr, "dense_units": d}
+                  for f in values["filters"] for lr in values["learning_rate"] for d in values["dense_units"]]
+        stored["grid"] = {"hyperparameters": values, "size": len(points), "fingerprint": grid_mod.fingerprint(points)}
+        stored.setdefault("model", {"spec": "seed", "file": None, "sha256": None})
+    if isinstance(stored.get("cv"), dict):
+        stored["cv"].setdefault("precision", "float32")  # before --precision
+        stored["cv"]["objective"], stored["cv"]["direction"] = state.objective(stored)  # before --objective
+    return stored
+
+
+def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
+    """The settings that differ, e.g. ['cv.folds: 5 -> 3'] (paths to the same data or file are not compared)."""
+    diffs = []
+    for key in sorted(set(stored) | set(new)):
+        a, b = stored.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += differences(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("source", "file"):
+            diffs.append(f"{prefix}{key}: {a} -> {b}")
+    return diffs
+
+
+def refuse_changed(pdir: Path, settings: dict, overwrite: bool) -> None:
+    """Raise UsageError when `pdir` holds a search with other settings, or is not a project; read-only."""
+    if overwrite or not pdir.exists():
+        return
+    if not (pdir / state.SEARCH_FILE).exists():
+        if any(pdir.iterdir()):
+            raise UsageError(f"{pdir} exists and is not a tuner-app project; pass --overwrite or a new --project")
+        return
+    stored = stored_settings(pdir)
+    stored.setdefault("device", settings["device"])  # projects from before device was recorded
+    diffs = differences({k: stored.get(k) for k in settings}, settings)
+    if diffs:
+        raise UsageError(f"project {pdir} was searched with other settings ({'; '.join(diffs)}); "
+                         "rerun with the stored settings to resume, or pass --overwrite or a new --project")
+    state.check_state(pdir)
+
+
+def _create(pdir: Path, settings: dict, overwrite: bool) -> None:
+    """Start over on --overwrite; write search.json for a new project."""
+    if overwrite and pdir.exists():
+        shutil.rmtree(pdir)
+    if not (pdir / state.SEARCH_FILE).exists():
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        state.atomic_write_json(pdir / state.SEARCH_FILE, {**settings, "created": created})
+
+
+def _failure_hint(tuner: CVTuner) -> str:
+    failed = sorted((t for t in tuner.oracle.trials.values() if t.status == "FAILED"), key=lambda t: t.trial_id)
+    if not failed:
+        return "rerun to retry"
+    t = failed[-1]
+    last = [line for line in (t.message or "").strip().splitlines() if line.strip()][-1:] or ["unknown error"]
+    where = Path(tuner.get_trial_dir(t.trial_id)) / state.TRIAL_FILE
+    return f"trial {t.trial_id}: {last[0].strip()} (full traceback in {where}); rerun the same command to retry it"
+
+
+__all__ = ["SearchPlan", "default_cv", "plan_search", "run_plan", "run_search"]

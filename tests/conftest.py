@@ -36,6 +36,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bo
     return proc
 
 
+def run_cli_here(capsys, *args: str) -> tuple[int, str]:
+    """`tuner-app ARGS` in this process, through the same `main()`: (exit code, stderr). No start-up
+    cost, for the many bad-input checks; end-to-end runs use `run_cli`'s real subprocess."""
+    import warnings
+
+    from tuner_app import cli
+
+    argv, showwarning = sys.argv, warnings.showwarning
+    sys.argv = ["tuner-app", *map(str, args)]
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv, warnings.showwarning = argv, showwarning
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def small_dataset():
     from tuner_app.data import load_dataset

@@ -1,8 +1,12 @@
-"""Bad input: one line on stderr naming the problem, exit code 2, no traceback, state untouched."""
+"""Bad input: one line on stderr naming the problem, exit code 2, no traceback, state untouched.
+
+The command runs in this process (`run_cli_here`: the same `main()` as `tuner-app`, without a
+process start-up per case); tests/test_cli.py runs it end to end in subprocesses.
+"""
 
 import numpy as np
 import pytest
-from conftest import MNIST_SAMPLE, MODELS, SMALL_SEARCH, run_cli
+from conftest import MNIST_SAMPLE, MODELS, SMALL_SEARCH, run_cli_here
 
 BROKEN = f"{MODELS / 'broken.py'}"
 
@@ -104,16 +108,16 @@ def _small_search_with(extra):
 
 
 @pytest.mark.parametrize("name, extra, fragment", CASES, ids=[c[0] for c in CASES])
-def test_bad_search_input(tmp_path, searched, name, extra, fragment):
+def test_bad_search_input(tmp_path, searched, capsys, name, extra, fragment):
     before = _tree(searched)
     args = _small_search_with(_materialise(extra, tmp_path))
     if "--project" not in extra:
         args += ["--project", "small"]  # an existing project must survive bad input untouched
-    proc = run_cli("search", *args, "--directory", searched)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert fragment in lines[0] and "Traceback" not in proc.stderr
+    code, err = run_cli_here(capsys, "search", *args, "--directory", searched)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert fragment in lines[0] and "Traceback" not in err
     assert _tree(searched) == before
 
 
@@ -123,15 +127,15 @@ def test_bad_search_input(tmp_path, searched, name, extra, fragment):
     (["--epochs", "0"], "--epochs 0"),
     (["--data", str(MNIST_SAMPLE / "README.md")], "not a readable .npz"),
 ])
-def test_bad_retrain_input(searched, extra, fragment):
+def test_bad_retrain_input(searched, capsys, extra, fragment):
     before = _tree(searched)
-    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", *extra)
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
+    code, err = run_cli_here(capsys, "retrain-best", "--directory", searched, "--project", "small", *extra)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and fragment in err
     assert _tree(searched) == before
 
 
-def test_unwritable_directory(tmp_path):
+def test_unwritable_directory(tmp_path, capsys):
     import os
 
     if os.geteuid() == 0:
@@ -140,5 +144,5 @@ def test_unwritable_directory(tmp_path):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         target = str(locked / "tuning_dirs")
-    proc = run_cli("search", *SMALL_SEARCH, "--directory", target)
-    assert proc.returncode == 2 and "--directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    code, err = run_cli_here(capsys, "search", *SMALL_SEARCH, "--directory", target)
+    assert code == 2 and "--directory" in err and len(err.strip().splitlines()) == 1

@@ -32,7 +32,9 @@ def test_architecture_key_ignores_names_and_learning_rate_only():
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("build", ["seed", "regularised"])
-def test_reused_models_give_the_fold_scores_of_fresh_ones(small_dataset, precision, build):
+def test_the_default_cache_gives_the_fold_scores_of_fresh_models(small_dataset, precision, build):
+    """Under TensorFlow the default cache reuses compiled models, and they score as fresh ones; under the
+    other backends it does not reuse (a reused PyTorch model trains differently), so the same holds."""
     hypermodel = models.BuildFunction(_regularised) if build == "regularised" else models.load_model("seed").hypermodel
     points = [{"learning_rate": lr} if build == "regularised" else {"filters": "8,16", "learning_rate": lr,
                                                                      "dense_units": 32} for lr in (0.01, 0.001)]
@@ -41,12 +43,12 @@ def test_reused_models_give_the_fold_scores_of_fresh_ones(small_dataset, precisi
     x, y = scale_images(small_dataset.x_train[:200]), one_hot(small_dataset.y_train[:200], 10)
     cv = CVConfig(folds=2, epochs=2, batch_size=64, precision=precision)
     scores = {}
-    for reuse in (False, True):
+    for reuse in (False, None):
         cache = ModelCache(hypermodel, precision, reuse=reuse)
         scores[reuse] = [train_fold(hypermodel, cache, cv, models.hyperparameters(p), k, (x[:150], y[:150]),
                                     (x[150:], y[150:]))["val_loss"] for p in points for k in (1, 2)]
-        assert (cache._model is not None) == reuse
-    np.testing.assert_allclose(scores[True], scores[False], rtol=1e-5, atol=1e-6)
+        assert (cache._model is not None) == (reuse is None and keras.backend.backend() == "tensorflow")
+    np.testing.assert_allclose(scores[None], scores[False], rtol=1e-5, atol=1e-6)
 
 
 def test_subclassed_and_functional_models_are_built_fresh_every_time():

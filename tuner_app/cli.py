@@ -105,7 +105,7 @@ def _recorded(pdir: Path, role: str | None, overwrite: bool) -> dict | None:
         distributed.wait_for_file(pdir / state.SEARCH_FILE)
     elif overwrite or not (pdir / state.SEARCH_FILE).exists():
         return None
-    return state.read_json(pdir / state.SEARCH_FILE, "search configuration")
+    return state.stored_settings(pdir)
 
 
 @app.command()

@@ -12,14 +12,12 @@ KerasTuner trial.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import keras_tuner
 from keras_tuner.src.engine.hyperparameters import hp_types
 
-from tuner_app import models
+from tuner_app import models, state
 from tuner_app.errors import UsageError
 
 MAX_DISCOVERY_BUILDS = 100
@@ -192,9 +190,4 @@ class Grid:
     def record(self) -> dict:
         """What search.json stores, and a resume must match: each hyperparameter's grid values and the points' hash."""
         return {"hyperparameters": {h.name: _values(h) for h in self.hyperparameters.space},
-                "size": len(self.points), "fingerprint": fingerprint(self.points)}
-
-
-def fingerprint(points: list[dict]) -> str:
-    """A short hash of the points, in order."""
-    return hashlib.sha256(json.dumps(points, sort_keys=True).encode()).hexdigest()[:16]
+                "size": len(self.points), "fingerprint": state.points_fingerprint(self.points)}

@@ -23,7 +23,6 @@ from tuner_app import models, plots, report, state
 from tuner_app.errors import DataError, DataWarning, UsageError
 from tuner_app.models.checks import label_form, labels
 from tuner_app.progress import Progress, epoch_callback
-from tuner_app.search import stored_settings
 from tuner_app.settings import RetrainConfig
 
 
@@ -65,7 +64,7 @@ def retrain_best(
     """
     progress = progress or Progress()
     pdir = state.project_dir(directory, project)
-    searched = stored_settings(pdir)
+    searched = state.stored_settings(pdir)
     best = report.best_completed(report.load_results(pdir))
     if best is None:
         raise UsageError(f"project {pdir} has no completed trial yet; run (or resume) `tuner-app search` first")

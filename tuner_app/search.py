@@ -206,23 +206,6 @@ def _check_tensorboard() -> None:
                          "pip install 'tuner-app[tensorboard]'") from None
 
 
-def stored_settings(pdir: Path) -> dict:
-    """The settings stored with a project, in today's form (older projects are translated)."""
-    stored = state.read_search(pdir)
-    if "grid" not in stored and isinstance(stored.get("space"), dict):  # before --model: the seed CNN's grid
-        space = stored["space"]
-        values = {"filters": [",".join(map(str, f)) for f in space["filters"]],
-                  "learning_rate": [float(v) for v in space["learning_rates"]], "dense_units": space["dense_units"]}
-        points = [{"filters": f, "learning_rate": lr, "dense_units": d}
-                  for f in values["filters"] for lr in values["learning_rate"] for d in values["dense_units"]]
-        stored["grid"] = {"hyperparameters": values, "size": len(points), "fingerprint": grid_mod.fingerprint(points)}
-        stored.setdefault("model", {"spec": "seed", "file": None, "sha256": None})
-    if isinstance(stored.get("cv"), dict):
-        stored["cv"].setdefault("precision", "float32")  # before --precision
-        stored["cv"]["objective"], stored["cv"]["direction"] = state.objective(stored)  # before --objective
-    return stored
-
-
 def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
     """The settings that differ, e.g. ['cv.folds: 5 -> 3'] (paths to the same data or file are not compared)."""
     diffs = []
@@ -243,7 +226,7 @@ def refuse_changed(pdir: Path, settings: dict, overwrite: bool) -> None:
         if any(pdir.iterdir()):
             raise UsageError(f"{pdir} exists and is not a tuner-app project; pass --overwrite or a new --project")
         return
-    stored = stored_settings(pdir)
+    stored = state.stored_settings(pdir)
     stored.setdefault("device", settings["device"])  # projects from before device was recorded
     diffs = differences({k: stored.get(k) for k in settings}, settings)
     if diffs:

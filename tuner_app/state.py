@@ -18,6 +18,7 @@ can read a project while a search is writing it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -144,6 +145,28 @@ def read_search(pdir: Path) -> dict:
     if not (pdir / SEARCH_FILE).exists():
         raise StateError(f"{pdir} has no {SEARCH_FILE}: it is not a tuner-app project (or it is damaged)")
     return read_json(pdir / SEARCH_FILE, "search configuration")
+
+
+def stored_settings(pdir: Path) -> dict:
+    """The settings stored with a project, in today's form (older projects are translated)."""
+    stored = read_search(pdir)
+    if "grid" not in stored and isinstance(stored.get("space"), dict):  # before --model: the seed CNN's grid
+        space = stored["space"]
+        values = {"filters": [",".join(map(str, f)) for f in space["filters"]],
+                  "learning_rate": [float(v) for v in space["learning_rates"]], "dense_units": space["dense_units"]}
+        points = [{"filters": f, "learning_rate": lr, "dense_units": d}
+                  for f in values["filters"] for lr in values["learning_rate"] for d in values["dense_units"]]
+        stored["grid"] = {"hyperparameters": values, "size": len(points), "fingerprint": points_fingerprint(points)}
+        stored.setdefault("model", {"spec": "seed", "file": None, "sha256": None})
+    if isinstance(stored.get("cv"), dict):
+        stored["cv"].setdefault("precision", "float32")  # before --precision
+        stored["cv"]["objective"], stored["cv"]["direction"] = objective(stored)  # before --objective
+    return stored
+
+
+def points_fingerprint(points: list[dict]) -> str:
+    """A short hash of a grid's points, in order (stored in search.json; a resume must match it)."""
+    return hashlib.sha256(json.dumps(points, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def objective(search: dict) -> tuple[str, str]:

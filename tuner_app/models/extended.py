@@ -2,7 +2,7 @@
 
 The seed's shape (two convolution stages with a filter pair, max-pooling, a dense head,
 softmax) with what MNIST models need to pass 99.5%: two 3x3 convolutions per stage, each
-followed by batch normalisation; dropout after each stage and in the head; light data
+followed by batch normalisation (momentum 0.9); dropout after each stage and in the head; light data
 augmentation in training only (shifts of up to 10% and rotations of up to 10 degrees);
 a cosine learning-rate decay over the epochs; and more epochs (15 per fold, 30 for the
 final model). Its grid is 4 points: filters (32,64) or (64,128), dropout 0.25 or 0.4.
@@ -24,10 +24,16 @@ LEARNING_RATES = (0.001,)
 DENSE_UNITS = (256,)
 
 
+def _norm(x):
+    # Momentum 0.9 (PyTorch's default) rather than Keras' 0.99: the moving statistics that validation
+    # uses settle within a few dozen steps, which a fold of a few thousand images needs (with 0.99, a
+    # 4,000-image fold still validated at chance after 10 epochs).
+    return layers.BatchNormalization(momentum=0.9)(x)
+
+
 def _conv(x, filters: int):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    return layers.ReLU()(x)
+    return layers.ReLU()(_norm(x))
 
 
 def build_extended(input_shape: tuple[int, ...], num_classes: int, filters: tuple[int, int] = (32, 64),
@@ -52,7 +58,7 @@ def build_extended(input_shape: tuple[int, ...], num_classes: int, filters: tupl
         x = layers.Dropout(dropout)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, use_bias=False)(x)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(_norm(x))
     x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="extended_cnn")

@@ -1,0 +1,75 @@
+"""Seconds per training epoch of a preset's models, per backend and precision: what `auto` choices rest on.
+
+    python benchmarks/epoch.py --backend tensorflow                  # seed preset, float32 and bfloat16
+    python benchmarks/epoch.py --backend torch --model extended --images 6000
+
+Times one epoch (after a warm-up epoch on a few batches) of every architecture of the preset's
+grid, on the first N training images, in float32 and in mixed bfloat16, in this process, and
+writes benchmarks/results/epoch-<model>-<backend>-<date>.json. Run one backend per process (Keras
+picks its backend once) on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    ap.add_argument("--model", default="seed", choices=["seed", "extended"])
+    ap.add_argument("--images", type=int, default=12000)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from tuner_app import device
+
+    info = device.settle(args.backend, "cpu", "float32")
+    from bench import machine
+
+    import keras
+
+    from tuner_app import models
+    from tuner_app.data import load_dataset, one_hot, scale_images
+    from tuner_app.grid import Grid, discover
+
+    loaded = models.load_model(args.model)
+    grid = Grid.from_space(discover(loaded.hypermodel))
+    ds = load_dataset(args.data)
+    x, y = scale_images(ds.x_train[: args.images]), one_hot(ds.y_train[: args.images], 10)
+    rows, seen = [], set()
+    for point in grid.points:
+        architecture = {k: v for k, v in point.items() if k != "learning_rate"}
+        if json.dumps(architecture, sort_keys=True) in seen:
+            continue
+        seen.add(json.dumps(architecture, sort_keys=True))
+        for precision in ("float32", "mixed_bfloat16"):
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(0)
+            model = models.build(loaded.hypermodel, models.hyperparameters(point), precision)
+            model.fit(x[:512], y[:512], epochs=1, batch_size=128, verbose=0)  # warm-up: tracing, allocation
+            start = time.perf_counter()
+            model.fit(x, y, epochs=1, batch_size=128, verbose=0)
+            seconds = round(time.perf_counter() - start, 2)
+            rows.append({"hyperparameters": architecture, "precision": precision, "epoch_s": seconds})
+            print(f"{architecture} {precision}: {seconds} s per epoch of {len(x)} images", flush=True)
+    result = {"what": f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid",
+              "command": " ".join(["python", "benchmarks/epoch.py", *sys.argv[1:]]), "machine": machine(),
+              "date": datetime.date.today().isoformat(), "backend": info["backend"], "rows": rows}
+    path = args.json or ROOT / "benchmarks" / "results" / f"epoch-{args.model}-{info['backend']}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

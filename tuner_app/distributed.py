@@ -203,7 +203,8 @@ def launch(search_argv: list[str], workers: int, quiet: bool = False, chief: str
                 env = {**base, "KERASTUNER_TUNER_ID": name}
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-                procs.append(_Proc(name, cmd + ([] if gpus else ["--threads", str(threads)]), env, quiet))
+                worker_cmd = [a for a in cmd if a != "--overwrite"]  # only the chief starts the project over
+                procs.append(_Proc(name, worker_cmd + ([] if gpus else ["--threads", str(threads)]), env, quiet))
             return _supervise(procs, host, port, stopping)
         finally:
             _stop(procs)

@@ -95,10 +95,10 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
         space = grid_mod.discover(loaded.hypermodel, cv.precision)
     except Exception as e:  # noqa: BLE001 - whatever the user's build raises
         raise failure(loaded, {}, tuple(x.shape[1:]), e, "building it") from None
-    points = grid_mod.Grid.from_space(space, grid)
-    check = check_model(loaded, points.points[0], x, dataset.y_train[: 64], dataset.num_classes, cv.objective,
+    model_grid = grid_mod.Grid.from_space(space, grid)
+    check = check_model(loaded, model_grid.points[0], x, dataset.y_train[: 64], dataset.num_classes, cv.objective,
                         cv.precision)
-    return SearchPlan(dataset, loaded, points, cv, check, train_limit)
+    return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
 
 
 def grid_params(plan: SearchPlan) -> list[int]:
@@ -227,8 +227,10 @@ def refuse_changed(pdir: Path, settings: dict, overwrite: bool) -> None:
             raise UsageError(f"{pdir} exists and is not a tuner-app project; pass --overwrite or a new --project")
         return
     stored = state.stored_settings(pdir)
-    stored.setdefault("device", settings["device"])  # projects from before device was recorded
-    diffs = differences({k: stored.get(k) for k in settings}, settings)
+    # The device is recorded (later processes adopt it) but not compared: a search may go on
+    # elsewhere, on another device, with the same backend and precision.
+    compared = [k for k in settings if k != "device"]
+    diffs = differences({k: stored.get(k) for k in compared}, {k: settings[k] for k in compared})
     if diffs:
         raise UsageError(f"project {pdir} was searched with other settings ({'; '.join(diffs)}); "
                          "rerun with the stored settings to resume, or pass --overwrite or a new --project")

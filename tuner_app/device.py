@@ -93,6 +93,7 @@ def configure(backend: str | None = None, device: str = "auto", threads: int | N
     try:
         with native_stderr_muted():
             import keras  # noqa: F401  (import now: a missing backend is a usage error)
+            import keras_tuner  # noqa: F401  (it loads TensorFlow when installed, whatever the backend: muted here)
     except ImportError as e:
         raise UsageError(f"--backend {wanted}: the backend is not installed ({e}); pip install {wanted}") from None
     if threads and wanted == "torch":

@@ -208,3 +208,27 @@ def test_on_a_gpu_host_the_chief_resolves_device_and_precision_once_and_workers_
         chief.send_signal(signal.SIGTERM)
         chief.communicate(timeout=60)
     assert chief.returncode == 128 + signal.SIGTERM
+
+
+def test_workers_joining_a_chief_elsewhere_complete_the_grid(tmp_path):
+    """`--workers N --chief HOST:PORT` (what each compose worker service runs) starts only workers, which
+    join a chief started on its own, and ends with 0 once the grid is done."""
+    from tuner_app.distributed import _free_port
+
+    port = str(_free_port())
+    env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port,
+           "KERASTUNER_TUNER_ID": "chief", "PYTHONUNBUFFERED": "1"}
+    args = [*SEARCH, "--directory", str(tmp_path), "--project", "w", "--filters", "8,16", "--quiet"]
+    chief = subprocess.Popen([sys.executable, "-m", "tuner_app", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        joined = run_cli(*args, "--workers", "1", "--chief", f"127.0.0.1:{port}", timeout=300,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")})
+        assert joined.returncode == 0, joined.stderr
+        chief.communicate(timeout=120)
+    finally:
+        chief.kill()
+    assert chief.returncode == 0
+    trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "w", "-f", "json").stdout)
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" and len(t["folds"]) == 2 for t in trials)
+    assert (tmp_path / "w" / f"worker-{__import__('socket').gethostname()}.json").exists()

@@ -73,3 +73,16 @@ def test_objective_val_loss_ranks_lowest_first(tmp_path):
     trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "loss", "-f", "json").stdout)
     assert [t["objective"] for t in trials] == ["val_loss", "val_loss"]
     assert trials[0]["score"] <= trials[1]["score"]
+
+
+def test_a_model_that_fails_while_training_is_a_failed_trial_with_its_traceback(tmp_path):
+    model = f"{MODELS / 'broken.py'}:FailsInTraining"
+    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+                   "--epochs", "1", "--directory", tmp_path, "--project", "f", "--quiet")
+    assert proc.returncode == 1
+    assert "1 trial(s) failed; trial 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
+    assert "rerun the same command to retry it" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    trial = json.loads((tmp_path / "f" / "trial_1" / "trial.json").read_text())
+    assert trial["status"] == "FAILED" and "Traceback" in trial["message"] and "broken.py" in trial["message"]
+    trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "f", "-f", "json").stdout)
+    assert [t["status"] for t in trials] == ["COMPLETED", "FAILED"]  # the other point was scored

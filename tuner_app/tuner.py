@@ -100,6 +100,17 @@ class CVTuner(keras_tuner.Tuner):
             self.progress.fold_end(record, self.cv.folds)
         return store.means()
 
+    def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
+        # KerasTuner prints a failed trial's traceback when its config.DEBUG is on (the default);
+        # tuner-app keeps it in trial.json and says one line at the end (see search.run_plan).
+        from keras_tuner.src import config
+
+        debug, config.DEBUG = config.DEBUG, False
+        try:
+            super()._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
+        finally:
+            config.DEBUG = debug
+
     def _tensorboard(self, trial, k: int) -> list:
         """A TensorBoard callback for this fold, with the trial's HParams written beside it."""
         import tensorflow as tf

@@ -46,3 +46,19 @@ class Shapeless(keras_tuner.HyperModel):
     def build(self, hp):
         hp.Choice("units", [8])
         return _net((28, 28, 1))
+
+
+class FailsInTraining(keras_tuner.HyperModel):
+    """Builds fine; training the second grid point raises, as an out-of-memory would."""
+
+    def build(self, hp):
+        units = hp.Choice("units", [8, 16])
+        model = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.Dense(units, activation="relu"),
+                                  layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        if hp.values["units"] == 16:
+            raise RuntimeError("simulated out of memory in the test model")
+        return model.fit(*args, **kwargs)

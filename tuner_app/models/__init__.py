@@ -51,6 +51,21 @@ class BuildFunction(keras_tuner.HyperModel):
         return self.fn(hp, **self.kwargs)
 
 
+class Preset(keras_tuner.HyperModel):
+    """Base of the built-in models: a HyperModel that knows the data's image shape and classes.
+
+    Args:
+        input_shape: (H, W, C) of one image.
+        num_classes: Number of output classes.
+    """
+
+    preset = "preset"  # the --model name
+
+    def __init__(self, input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
+        super().__init__(name=self.preset)
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+
+
 @dataclass
 class LoadedModel:
     """A hypermodel ready to build, and where it came from (stored with the search).
@@ -233,4 +248,4 @@ def error_location(e: BaseException, loaded: LoadedModel) -> str:
     return _where(e, Path(loaded.file)) if loaded.file else ""
 
 
-__all__ = ["PRESETS", "BuildFunction", "LoadedModel", "build", "dtype_policy", "hyperparameters", "load_model"]
+__all__ = ["PRESETS", "BuildFunction", "LoadedModel", "Preset", "build", "dtype_policy", "hyperparameters", "load_model"]

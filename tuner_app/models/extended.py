@@ -16,6 +16,7 @@ import keras
 import keras_tuner
 from keras import layers
 
+from tuner_app.models import Preset
 from tuner_app.models.seed import parse_filters
 
 FILTERS = ("32,64", "64,128")
@@ -67,19 +68,12 @@ def build_extended(input_shape: tuple[int, ...], num_classes: int, filters: tupl
     return model
 
 
-class ExtendedCNN(keras_tuner.HyperModel):
-    """`build_extended` from the hyperparameters `filters`, `dropout`, `learning_rate`, `dense_units`.
+class ExtendedCNN(Preset):
+    """`build_extended` from the hyperparameters `filters`, `dropout`, `learning_rate`, `dense_units`
+    (see `Preset`)."""
 
-    Args:
-        input_shape: (H, W, C) of one image.
-        num_classes: Number of output classes.
-    """
-
+    preset = "extended"
     defaults = {"epochs": 15, "patience": 5, "retrain_epochs": 30}
-
-    def __init__(self, input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
-        super().__init__(name="extended")
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         filters = hp.Choice("filters", list(FILTERS), ordered=False)

@@ -15,6 +15,7 @@ import keras_tuner
 from keras import layers
 
 from tuner_app.errors import SettingError
+from tuner_app.models import Preset
 
 FILTERS = ("16,32", "32,64", "64,128")
 LEARNING_RATES = (0.001, 0.0005)
@@ -93,17 +94,10 @@ def build_cnn(
     return model
 
 
-class SeedCNN(keras_tuner.HyperModel):
-    """`build_cnn` from the hyperparameters `filters`, `learning_rate`, `dense_units`.
+class SeedCNN(Preset):
+    """`build_cnn` from the hyperparameters `filters`, `learning_rate`, `dense_units` (see `Preset`)."""
 
-    Args:
-        input_shape: (H, W, C) of one image.
-        num_classes: Number of output classes.
-    """
-
-    def __init__(self, input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
-        super().__init__(name="seed")
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+    preset = "seed"
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         filters = hp.Choice("filters", list(FILTERS), ordered=False)

@@ -129,3 +129,14 @@ def test_extended_preset_validates_well_on_fold_sized_data(small_dataset):
     record = train_fold(hm, ModelCache(hm), CVConfig(folds=2, epochs=6, batch_size=64, patience=6), hp, 1,
                         (x[:800], y[:800]), (x[800:], y[800:]))
     assert record["val_accuracy"] > 0.6  # chance is 0.1
+
+
+def test_a_models_suggested_settings_apply_where_none_are_given():
+    from tuner_app.retrain import default_config
+    from tuner_app.search import default_cv
+
+    extended = models.load_model("extended")
+    assert default_config(extended, epochs=None, batch_size=None).epochs == 30  # the CLI passes None when not given
+    assert default_config(extended, epochs=3).epochs == 3
+    assert default_cv(extended, epochs=None, folds=2).epochs == 15 and default_cv(extended, epochs=4).epochs == 4
+    assert default_config(models.load_model("seed"), epochs=None).epochs == 10

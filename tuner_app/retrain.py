@@ -30,7 +30,8 @@ def default_config(model: models.LoadedModel, **given) -> RetrainConfig:
     """RetrainConfig from the options given, else the model's suggested `retrain_*` defaults."""
     suggested = {k.removeprefix("retrain_"): v for k, v in model.defaults.items() if k.startswith("retrain_")}
     fields = RetrainConfig.__dataclass_fields__
-    return RetrainConfig(**{k: v for k, v in {**suggested, **given}.items() if k in fields and v is not None})
+    given = {k: v for k, v in given.items() if v is not None}  # None: not given, the suggestion stands
+    return RetrainConfig(**{k: v for k, v in {**suggested, **given}.items() if k in fields})
 
 
 def retrain_best(

@@ -14,6 +14,7 @@ reports what is actually in use.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -93,7 +94,11 @@ def configure(backend: str | None = None, device: str = "auto", threads: int | N
     try:
         with native_stderr_muted():
             import keras  # noqa: F401  (import now: a missing backend is a usage error)
-            import keras_tuner  # noqa: F401  (it loads TensorFlow when installed, whatever the backend: muted here)
+            import keras_tuner  # noqa: F401
+            if importlib.util.find_spec("tensorflow") is not None:
+                # keras.utils.set_random_seed imports TensorFlow whenever it is installed, whatever the
+                # backend: import it here, muted, rather than mid-search with its start-up lines.
+                import tensorflow  # noqa: F401
     except ImportError as e:
         raise UsageError(f"--backend {wanted}: the backend is not installed ({e}); pip install {wanted}") from None
     if threads and wanted == "torch":

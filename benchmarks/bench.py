@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tuner_app import report  # noqa: E402  (reads results from disk; imports no Keras)
+from tuner_app import report
 
 WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
     "small": (3000, 1, 1),

@@ -35,9 +35,8 @@ def main() -> None:
     from tuner_app import device
 
     info = device.settle(args.backend, "cpu", "float32")
-    from bench import machine
-
     import keras
+    from bench import machine
 
     from tuner_app import models
     from tuner_app.data import load_dataset, one_hot, scale_images

@@ -2,6 +2,8 @@
 
     python benchmarks/extended.py --data /path/to/mnist                     # the preset's own settings (GPU: minutes)
     python benchmarks/extended.py --data /path/to/mnist --train-limit 6000 --folds 3 --epochs 8   # a CPU-sized search
+    python benchmarks/extended.py --data /path/to/mnist --grid filters=64,128 --grid dropout=0.25 \
+        --train-limit 600 --folds 2 --epochs 1    # the final training of a point an earlier record chose
 
 Runs `tuner-app search --model extended` (on a stratified subset when --train-limit is given,
 with the preset's 4-point grid), then `tuner-app retrain-best` on the whole training set (60,000
@@ -25,14 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench import machine  # noqa: E402
+from bench import machine
 
-from tuner_app import report  # noqa: E402  (reads results from disk; imports no Keras)
+from tuner_app import report
 
 
 def run(cmd: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return round(time.perf_counter() - start, 2)
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, help="epochs per fold (default: the preset's, 15)")
     ap.add_argument("--retrain-epochs", type=int, help="epochs of the final model (default: the preset's, 30)")
+    ap.add_argument("--grid", action="append", default=[], metavar="NAME=VALUES",
+                    help="passed to search (repeatable): restrict the grid, e.g. to a point an earlier record chose")
     ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
@@ -57,6 +61,7 @@ def main() -> None:
         search_cmd = ["search", "--model", "extended", "--data", str(args.data), "--folds", str(args.folds), *common]
         search_cmd += ["--train-limit", str(args.train_limit)] if args.train_limit else []
         search_cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+        search_cmd += [arg for grid in args.grid for arg in ("--grid", grid)]
         search_s = run(base + search_cmd)
         retrain_cmd = ["retrain-best", "--data", str(args.data), *common]
         retrain_cmd += ["--epochs", str(args.retrain_epochs)] if args.retrain_epochs else []

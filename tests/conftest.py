@@ -29,7 +29,7 @@ def _seed():
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tuner_app ARGS` in a real subprocess (same interpreter, same backend)."""
-    proc = subprocess.run([sys.executable, "-m", "tuner_app", *map(str, args)], cwd=cwd, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tuner_app", *map(str, args)], cwd=cwd, check=False, capture_output=True,
                           text=True, timeout=timeout, env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
     if check and proc.returncode != 0:
         raise AssertionError(f"tuner-app {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")

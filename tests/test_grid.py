@@ -55,7 +55,7 @@ def test_same_points_as_kerastuners_own_gridsearch(tmp_path):
         oracle.update_trial(trial.trial_id, {"score": 0.0})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
-    key = lambda p: sorted(p.items())  # noqa: E731
+    key = lambda p: sorted(p.items())
     assert sorted(map(key, ours)) == sorted(map(key, theirs))
     assert len(ours) == 6  # a (x2 flags) + b x depth 1, 2 (x2 flags); depth absent where model == a
 

@@ -55,7 +55,7 @@ def test_the_seed_model_scores_folds_as_the_seed_notebooks_loop_does(small_datas
     split = StratifiedKFold(n_splits=2, shuffle=True, random_state=42).split(x, data.y_train)
     expected = {0.001: [], 0.0005: []}
     for k, (tr, va) in enumerate(split, start=1):
-        for lr in expected:
+        for lr, scores in expected.items():
             keras.backend.clear_session()
             keras.utils.set_random_seed(42 + k)
             model = build_cnn((28, 28, 1), 10, (16, 32), 120, lr)
@@ -63,7 +63,7 @@ def test_the_seed_model_scores_folds_as_the_seed_notebooks_loop_does(small_datas
             history = model.fit(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=2, batch_size=128, verbose=0,
                                 callbacks=[stop]).history
             best = int(np.argmax(history["val_accuracy"]))
-            expected[lr].append((history["val_accuracy"][best], history["val_loss"][best]))
+            scores.append((history["val_accuracy"][best], history["val_loss"][best]))
     for r in report.load_results(pdir):
         got = [(f["val_accuracy"], f["val_loss"]) for f in r["folds"]]
         np.testing.assert_allclose(got, expected[r["hyperparameters"]["learning_rate"]], rtol=1e-5, atol=1e-6)

@@ -135,7 +135,7 @@ class _Proc:
 
     def start(self) -> None:
         self.popen = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True, bufsize=1, preexec_fn=_die_with_parent)
+                                      text=True, bufsize=1, preexec_fn=_die_with_parent)  # noqa: PLW1509 (prctl only)
         threading.Thread(target=_pump, args=(self.popen.stderr, f"[{self.name}]", self.quiet), daemon=True).start()
 
     @property

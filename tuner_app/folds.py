@@ -99,7 +99,7 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
         "val_size": len(val[0]),
         "seconds": round(time.perf_counter() - start, 3),
         "rss_mb": rss_mb(),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
     }
 
 

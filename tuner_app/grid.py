@@ -94,7 +94,7 @@ def _kind(h) -> type:
         return int
     if isinstance(h, hp_types.Float):
         return float
-    first = h.value if isinstance(h, hp_types.Fixed) else list(h.values)[0]
+    first = h.value if isinstance(h, hp_types.Fixed) else next(iter(h.values))
     return type(first)
 
 

@@ -124,7 +124,7 @@ def retrain_best(
         "data": dataset.source, "searched_data": searched["data"]["source"], "same_data_as_search": same_data,
         "model_file": str(pdir / state.MODEL_FILE),
         "plots": [str(pdir / state.CURVES_FILE), str(pdir / state.CONFUSION_FILE)],
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     plots.plot_history(result["history"], pdir / state.CURVES_FILE)
     plots.plot_confusion(confusion, pdir / state.CONFUSION_FILE)

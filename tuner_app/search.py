@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from tuner_app import data as data_mod
-from tuner_app import distributed, grid as grid_mod, state
+from tuner_app import distributed, state
+from tuner_app import grid as grid_mod
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.models import LoadedModel, load_model
 from tuner_app.models.checks import ModelCheck, check_model, failure
@@ -242,7 +242,7 @@ def _create(pdir: Path, settings: dict, overwrite: bool) -> None:
     if overwrite and pdir.exists():
         shutil.rmtree(pdir)
     if not (pdir / state.SEARCH_FILE).exists():
-        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         state.atomic_write_json(pdir / state.SEARCH_FILE, {**settings, "created": created})
 
 

@@ -22,9 +22,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import keras_tuner
@@ -121,7 +122,7 @@ def load_model(model: Any = "seed", input_shape: tuple = (28, 28, 1), num_classe
     sha = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
     remake = None
     if not isinstance(obj, keras_tuner.HyperModel) and "input_shape" in _parameters(obj):
-        remake = lambda shape: make(tuple(shape), num_classes)  # noqa: E731
+        remake = lambda shape: make(tuple(shape), num_classes)
     return LoadedModel(spec, make(input_shape, num_classes), file, sha, remake)
 
 

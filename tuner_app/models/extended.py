@@ -11,6 +11,7 @@ final model). Its grid is 4 points: filters (32,64) or (64,128), dropout 0.25 or
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import keras
 import keras_tuner
@@ -73,7 +74,7 @@ class ExtendedCNN(Preset):
     (see `Preset`)."""
 
     preset = "extended"
-    defaults = {"epochs": 15, "patience": 5, "retrain_epochs": 30}
+    defaults: ClassVar[dict] = {"epochs": 15, "patience": 5, "retrain_epochs": 30}
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         filters = hp.Choice("filters", list(FILTERS), ordered=False)

@@ -2,8 +2,8 @@
 
     python benchmarks/extended.py --data /path/to/mnist                     # the preset's own settings (GPU: minutes)
     python benchmarks/extended.py --data /path/to/mnist --train-limit 6000 --folds 3 --epochs 8   # a CPU-sized search
-    python benchmarks/extended.py --data /path/to/mnist --grid filters=64,128 --grid dropout=0.25 \
-        --train-limit 600 --folds 2 --epochs 1    # the final training of a point an earlier record chose
+    python benchmarks/extended.py --data /path/to/mnist --grid 'filters=["64,128"]' --grid dropout=0.25 --train-limit 600 --folds 2 --epochs 1
+        # only the final training of a point an earlier record chose (a 1-point grid, a token search)
 
 Runs `tuner-app search --model extended` (on a stratified subset when --train-limit is given,
 with the preset's 4-point grid), then `tuner-app retrain-best` on the whole training set (60,000

@@ -69,7 +69,8 @@ DeviceOpt = Annotated[Device, typer.Option(help="auto: GPU if the backend sees o
 BackendOpt = Annotated[Backend | None, typer.Option(help="Keras backend (default: $KERAS_BACKEND, else tensorflow).", show_default=False)]
 MixedOpt = Annotated[bool, typer.Option("--mixed-precision", help="Shorthand for --precision mixed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (for scripts).")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for training. [default: all cores; --workers splits them]", show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for training. [default: all cores]", show_default=False)]
+SearchThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for training. [default: all cores; --workers splits them]", show_default=False)]
 
 
 def _precision(precision: Precision | None, mixed_precision: bool, default: str) -> str:
@@ -136,7 +137,7 @@ def search(
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     chief: Annotated[str | None, typer.Option(help="With --workers: start only the N workers, joining the chief at HOST:PORT.", show_default=False)] = None,
-    threads: ThreadsOpt = None,
+    threads: SearchThreadsOpt = None,
     quiet: QuietOpt = False,
 ):
     """Score every grid point of a model by stratified K-fold CV; resumes an interrupted search."""

@@ -1,10 +1,13 @@
 """tuner-app against the seed notebook's pipeline, same data and workload, in one run.
 
     python benchmarks/bench.py --workload small [--rounds 1] [--backend tensorflow] [--precision auto]
+                               [--fold-mode auto] [--device auto] [--seed-backend tensorflow]
                                [--seed-pipeline ../shared/bench/seed_pipeline.py] [--data ../shared/data/mnist]
+    python benchmarks/bench.py --dry-run      # the tiny workload on the CPU: checks the script, records nothing
 
-Runs, alternating, (a) the seed's reference pipeline and (b) `tuner-app search` followed by
-`tuner-app retrain-best` with the equivalent options, each as its own process, and prints a table
+Runs, alternating, (a) the seed's reference pipeline and (b) `tuner-app run` (search, then
+retrain-best, in one process; with --workers: `search --workers N` then `retrain-best`) with the
+equivalent options, each as its own process, on the same device, and prints a table
 of wall seconds (whole processes, start-up included), the ratio tuner-app / seed, peak RSS, the
 chosen configuration, test accuracy, backend, device and machine. Writes the same as JSON
 (benchmarks/results/<workload>-<backend>-<date>.json unless --json is given). Time it on a quiet
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -26,14 +30,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The seed's pipeline, byte for byte the project's reference (../shared/bench/seed_pipeline.py),
+# kept here so that it travels with the repository (a GPU machine gets only the repository).
+SEED_PIPELINE = ROOT / "benchmarks" / "seed_pipeline.py"
+SEED_PIPELINE_SHA256 = "2fe02b73219921bd71a0e87f2c661d903d22fa7c71a4ddda558cf9a2026093fb"
+SAMPLE = ROOT / "tuner_app" / "datasets" / "mnist_sample"  # IDX files: --dry-run's data
 sys.path.insert(0, str(ROOT))
 from tuner_app import report
 
 WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
+    "tiny": (600, 1, 1),  # --dry-run's (with 2 folds): checks the script end to end in seconds
     "small": (3000, 1, 1),
     "medium": (12000, 2, 2),
     "full": (None, 5, 10),
 }
+FOLDS = {"tiny": 2}  # the others: 5, the seed's
 
 
 def run(cmd: list[str], env: dict) -> dict:
@@ -65,10 +76,11 @@ def machine() -> str:
 
 def seed_run(args, limit, epochs, final, env) -> dict:
     cmd = [sys.executable, str(args.seed_pipeline), "--data", str(args.data), "--epochs", str(epochs),
-           "--final-epochs", str(final)] + (["--train-limit", str(limit)] if limit else [])
+           "--final-epochs", str(final), "--folds", str(FOLDS.get(args.workload, 5))] + (["--train-limit", str(limit)] if limit else [])
     r = run(cmd, {**env, "KERAS_BACKEND": args.seed_backend})
     out = json.loads(r.pop("stdout").strip().splitlines()[-1])
-    return {"who": "seed", "backend": out["backend"], "device": "cpu (seed default)", "precision": "float32", "search_s": None,
+    device = "cpu" if args.device == "cpu" else f"{args.device} (Keras' default device)"
+    return {"who": "seed", "backend": out["backend"], "device": device, "precision": "float32", "search_s": None,
             "retrain_s": None, "total_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
             "inner_search_s": out["search_s"], "inner_retrain_s": out["retrain_s"],
             "best": f"{tuple(out['best']['filters'])} lr={out['best']['learning_rate']}",
@@ -80,14 +92,21 @@ def seed_run(args, limit, epochs, final, env) -> dict:
 
 def tuner_run(args, limit, epochs, final, env, directory) -> dict:
     base = [sys.executable, "-m", "tuner_app"]
-    common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--quiet"]
-    precision = ["--precision", args.precision]
-    search = run(base + ["search", "--data", str(args.data), "--epochs", str(epochs), "--overwrite", *common, *precision]
-                 + (["--train-limit", str(limit)] if limit else [])
-                 + (["--workers", str(args.workers)] if args.workers else []), env)
-    # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
-    retrain = run(base + ["retrain-best", "--data", str(args.data), "--epochs", str(final), *common]
-                  + (["--train-limit", str(limit)] if limit else []), env)
+    common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--device", args.device,
+              "--quiet"]
+    data = ["--data", str(args.data)] + (["--train-limit", str(limit)] if limit else [])
+    searching = [*data, "--epochs", str(epochs), "--folds", str(FOLDS.get(args.workload, 5)), "--overwrite", "--precision", args.precision,
+                 "--fold-mode", args.fold_mode, *common]
+    if args.workers:
+        search = run(base + ["search", *searching, "--workers", str(args.workers)], env)
+        # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
+        retrain = run(base + ["retrain-best", *data, "--epochs", str(final), *common], env)
+        search_s, retrain_s, total_s = search["wall_s"], retrain["wall_s"], search["wall_s"] + retrain["wall_s"]
+        peak = max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0)
+    else:  # one process: start-up paid once
+        job = run(base + ["run", *searching, "--retrain-epochs", str(final)], env)
+        retrain_s = json.loads((directory / "bench" / "retrain.json").read_text())["seconds"]
+        search_s, total_s, peak = round(job["wall_s"] - retrain_s, 2), job["wall_s"], job["peak_rss_mb"]
     pdir = directory / "bench"
     retrained = json.loads((pdir / "retrain.json").read_text())
     searched = json.loads((pdir / "search.json").read_text())
@@ -99,9 +118,8 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
         rss_by_trial.append(folds[-1].get("rss_mb"))
     hp = retrained["hyperparameters"]
     return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else ""), "backend": retrained["backend"], "device": retrained["device"],
-            "search_s": search["wall_s"], "retrain_s": retrain["wall_s"],
-            "total_s": round(search["wall_s"] + retrain["wall_s"], 2),
-            "peak_rss_mb": max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0),
+            "search_s": search_s, "retrain_s": retrain_s, "total_s": round(total_s, 2), "peak_rss_mb": peak,
+            "fold_mode": searched["cv"].get("fold_mode", "sequential"),
             "precision": f"{searched['cv']['precision']} / {retrained['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}",
             "cv_score": retrained["cv_score"], "test_accuracy": retrained["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
             "retrain_precision": retrained["precision"], "retrain_val_accuracy": retrained["history"].get("val_accuracy"),
@@ -109,13 +127,13 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
 
 
 def table(rows: list[dict], ratio: float) -> str:
-    cols = ["who", "backend", "device", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
+    cols = ["who", "backend", "device", "fold_mode", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
     header = [{"precision": "precision (search / retrain)"}.get(c, c) for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")
-    lines.append(f"| ratio tuner-app / seed (mean total wall) | | | | | | {ratio:.2f} | | | |")
+    lines.append(f"| ratio tuner-app / seed (mean total wall) | | | | | | | {ratio:.2f} | | | |")
     return "\n".join(lines)
 
 
@@ -125,16 +143,33 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="alternating seed/tuner-app pairs")
     ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="tuner-app's backend")
     ap.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto", help="tuner-app's --precision")
+    ap.add_argument("--fold-mode", choices=["auto", "fused", "sequential"], default="auto", help="tuner-app's --fold-mode")
+    ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                    help="both pipelines' device (cpu hides the GPUs from the seed's too)")
     ap.add_argument("--workers", type=int, help="tuner-app search --workers N (chief + N worker processes)")
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
-    ap.add_argument("--seed-pipeline", type=Path, default=ROOT.parent / "shared" / "bench" / "seed_pipeline.py")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--seed-pipeline", type=Path, default=SEED_PIPELINE,
+                    help="the seed's pipeline (refused unless it is the reference, by its SHA-256)")
+    ap.add_argument("--data", type=Path, help="a directory of the four MNIST IDX files [default: ../shared/data/mnist; "
+                    "--dry-run: the sample shipped with tuner-app]")
     ap.add_argument("--seed-from", type=Path, help="take the seed's row from an earlier JSON of this script (same "
                     "workload) instead of running it again: for `full`, whose seed run takes over half an hour")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--dry-run", action="store_true", help="the tiny workload on the CPU, nothing recorded: checks the "
+                    "script (and a GPU machine's set-up) end to end")
     args = ap.parse_args()
+    if args.dry_run:
+        args.workload, args.device, args.rounds = "tiny", "cpu", 1
+        args.data = args.data or SAMPLE
+    args.data = args.data or ROOT.parent / "shared" / "data" / "mnist"
+    if not args.data.is_dir():
+        sys.exit(f"--data {args.data}: not a directory; give the directory of the four MNIST IDX files")
+    if hashlib.sha256(args.seed_pipeline.read_bytes()).hexdigest() != SEED_PIPELINE_SHA256:
+        sys.exit(f"--seed-pipeline {args.seed_pipeline}: not the seed's reference pipeline (its SHA-256 differs)")
     limit, epochs, final = WORKLOADS[args.workload]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if args.device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
 
     rows = []
     if args.seed_from:
@@ -159,7 +194,8 @@ def main() -> None:
         return statistics.mean(r["total_s"] for r in rows if r["who"].startswith(who))
 
     ratio = mean_total("tuner-app") / mean_total("seed")
-    result = {"workload": args.workload, "precision_option": args.precision, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
+    result = {"workload": args.workload, "precision_option": args.precision, "fold_mode_option": args.fold_mode,
+              "device_option": args.device, "seed_backend": args.seed_backend, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
               "ratio_total": round(ratio, 3), "rows": rows}
@@ -167,7 +203,12 @@ def main() -> None:
     if args.seed_from:
         print(f"seed row(s) from {rows[0]['from']}, not run again")
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
-    name = (f"{args.workload}-{args.backend}" + (f"-{args.precision}" if args.precision != "auto" else "")
+    if args.dry_run and not args.json:
+        print("dry run: nothing recorded")
+        return
+    name = (f"{args.workload}-{args.backend}" + (f"-{args.device}" if args.device == "gpu" else "")
+            + (f"-{args.precision}" if args.precision != "auto" else "")
+            + (f"-{args.fold_mode}" if args.fold_mode != "auto" else "")
             + (f"-workers{args.workers}" if args.workers else ""))
     path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

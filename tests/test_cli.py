@@ -11,7 +11,7 @@ from tuner_app.data import load_dataset
 
 def test_help_lists_every_command():
     proc = run_cli("--help", check=True)
-    for command in ("search", "results", "retrain-best"):
+    for command in ("search", "results", "retrain-best", "run"):
         assert command in proc.stdout
     search_help = run_cli("search", "--help", check=True).stdout
     for option in ("--data", "--train-limit", "--filters", "--learning-rate", "--dense-units", "--folds", "--seed",
@@ -60,6 +60,24 @@ def test_rerunning_a_finished_search_trains_nothing(searched):
     before = {p: p.read_bytes() for p in pdir.rglob("folds.json")}
     run_cli("search", *SMALL_SEARCH, "--directory", searched, "--project", "small", check=True)
     assert before == {p: p.read_bytes() for p in pdir.rglob("folds.json")}
+
+
+def test_run_searches_then_retrains_the_best_in_one_process(tmp_path):
+    proc = run_cli("run", *SMALL_SEARCH, "--fold-mode", "fused", "--retrain-epochs", "1", "--directory", tmp_path,
+                   "--project", "job", check=True)
+    pdir = tmp_path / "job"
+    searched = json.loads((pdir / "search.json").read_text())
+    assert searched["cv"]["fold_mode"] == "fused" and searched["cv"]["epochs"] == 1
+    results = json.loads(run_cli("results", "--directory", tmp_path, "--project", "job", "-f", "json", check=True).stdout)
+    assert len(results) == 2 and all(t["status"] == "COMPLETED" and len(t["folds"]) == 2 for t in results)
+    retrained = json.loads((pdir / "retrain.json").read_text())
+    assert retrained["trial_id"] == results[0]["trial_id"]  # the best, by the search's ranking
+    assert retrained["epochs"] == 1 and retrained["train_size"] == 400  # the searched subset
+    assert (pdir / "best_model.keras").exists()
+    assert proc.stdout.strip().splitlines()[-1] == f"test accuracy: {retrained['test_accuracy']:.4f}"
+    # Run again: the search is complete, so only the retrain runs (and gives the same model).
+    again = run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--directory", tmp_path, "--project", "job", check=True)
+    assert again.stdout.strip().splitlines()[-1] == proc.stdout.strip().splitlines()[-1]
 
 
 def test_retrain_best_without_a_search_says_so(tmp_path):

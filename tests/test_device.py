@@ -15,11 +15,27 @@ def test_explicit_precision_is_taken_as_asked():
     assert precision("mixed", info) == "mixed_bfloat16"
 
 
-def test_auto_precision_on_cpu_follows_the_cpus_bfloat16_matrix_units():
-    flags = next((line.split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
-                 []) if Path("/proc/cpuinfo").exists() else []
-    info = {"backend": "tensorflow", "device": "cpu", "gpus": []}
-    assert precision("auto", info) == ("mixed_bfloat16" if "amx_bf16" in flags else "float32")
+@pytest.mark.parametrize(("flags", "backend", "expected"), [
+    ({"avx512f", "amx_bf16", "avx512_bf16"}, "jax", "mixed_bfloat16"),  # AMX: every backend
+    ({"avx512f", "avx512_bf16"}, "tensorflow", "mixed_bfloat16"),  # AVX512_BF16 only: where measured faster
+    ({"avx512f", "avx512_bf16"}, "torch", "mixed_bfloat16"),
+    ({"avx512f", "avx512_bf16"}, "jax", "float32"),
+    ({"avx512f", "avx2"}, "tensorflow", "float32"),
+    (set(), "tensorflow", "float32"),
+])
+def test_auto_precision_on_cpu_follows_the_cpus_bfloat16_support(monkeypatch, flags, backend, expected):
+    from tuner_app import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    assert precision("auto", {"backend": backend, "device": "cpu", "gpus": []}) == expected
+
+
+def test_cpu_flags_are_read_from_this_machine():
+    from tuner_app.device import cpu_flags
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    first = next((line for line in lines if line.startswith("flags")), None)
+    assert cpu_flags() == (set(first.split(":", 1)[1].split()) if first else set())
 
 
 def test_unknown_precision_is_a_usage_error():

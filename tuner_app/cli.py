@@ -8,6 +8,7 @@ line too; see `main`.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import warnings
@@ -52,6 +53,12 @@ class Precision(str, Enum):
     auto = "auto"
     float32 = "float32"
     mixed = "mixed"
+
+
+class FoldMode(str, Enum):
+    auto = "auto"
+    fused = "fused"
+    sequential = "sequential"
 
 
 class Format(str, Enum):
@@ -127,6 +134,7 @@ def search(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)] = None,
+    fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, sequential on a CPU (measured faster there) or for a model with its own fit() or several inputs/outputs; a resume keeps the first run's.")] = FoldMode.auto,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
@@ -163,14 +171,14 @@ def search(
     from tuner_app.data import load_dataset
     from tuner_app.models import load_model
     from tuner_app.models.seed import grid_overrides
-    from tuner_app.search import default_cv, plan_search, run_plan
+    from tuner_app.search import default_cv, plan_search, resolve_fold_mode, run_plan
 
     ds = load_dataset(data, dataset or "mnist")
     loaded = load_model(model, ds.input_shape, ds.num_classes)
     if model == "seed":
         overrides = {**grid_overrides(filters, learning_rate, dense_units), **overrides}
     cv = default_cv(loaded, folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
-                    precision=info["precision"], objective=objective)
+                    precision=info["precision"], objective=objective, fold_mode=fold_mode.value)
     plan = plan_search(ds, loaded, overrides, cv, train_limit)
     if dry_run:
         from tuner_app.search import grid_params
@@ -181,10 +189,11 @@ def search(
         return
     if role == "worker":
         distributed.watch_chief()
+    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"]))
     if not quiet:
         where = "serving the oracle for workers on" if role == "chief" else "on"
         err.print(f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
-                  f"{len(plan.grid)} grid points x {cv.folds} folds", soft_wrap=True)
+                  f"{len(plan.grid)} grid points x {cv.folds} folds, {plan.cv.fold_mode}", soft_wrap=True)
     try:
         with stop_on_signals(immediate=role == "chief"):
             run_plan(plan, directory, project, overwrite, _progress(quiet), tensorboard=tensorboard,
@@ -272,6 +281,37 @@ def retrain_best(
                   f"{result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
                   f"{state.CURVES_FILE} and {state.CONFUSION_FILE}", soft_wrap=True)
     print(f"test accuracy: {result['test_accuracy']:.4f}")
+
+
+def run(
+    ctx: typer.Context,
+    retrain_epochs: Annotated[int | None, typer.Option(help="retrain-best's --epochs: the final model's training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)] = None,
+    validation_split: Annotated[float | None, typer.Option(help="retrain-best's --validation-split. [default: 0.1]", show_default=False)] = None,
+    **options,
+):
+    """The whole job in one process: search (or resume), then retrain-best on the same data; the options are search's."""
+    search(ctx, **options, dry_run=False, workers=None, chief=None)
+    retrain_best(dataset=options["dataset"], data=options["data"], train_limit=options["train_limit"],
+                 directory=options["directory"], project=options["project"], epochs=retrain_epochs,
+                 batch_size=options["batch_size"], validation_split=validation_split, seed=options["seed"],
+                 device=options["device"], backend=options["backend"], precision=None, mixed_precision=False,
+                 threads=options["threads"], quiet=options["quiet"])
+
+
+def _run_signature() -> None:
+    """`run` takes search's options (but --dry-run, --workers and --chief) and two of retrain-best's."""
+    import inspect
+
+    own = list(inspect.signature(run, eval_str=True).parameters.values())[:-1]
+    taken = [p for name, p in inspect.signature(search, eval_str=True).parameters.items()
+             if name not in ("ctx", "dry_run", "workers", "chief")]
+    run.__signature__ = inspect.Signature(own + taken)
+    run.__annotations__ = {**search.__annotations__, **run.__annotations__}
+    run.__annotations__.pop("options", None)
+
+
+_run_signature()
+app.command("run")(run)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

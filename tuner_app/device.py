@@ -55,7 +55,7 @@ def settle(backend: str | None, device: str = "auto", precision: str = "auto", r
     if role == "chief":  # trains nothing: resolve for the workers from nvidia-smi, keep the GPUs free
         gpus = visible_gpus()
         device = device if device != "auto" else ("gpu" if gpus else "cpu")
-        fast = _gpus_have_bf16() if device == "gpu" else _cpu_has_amx_bf16()
+        fast = _gpus_have_bf16() if device == "gpu" else _cpu_bf16(backend or os.environ.get("KERAS_BACKEND"))
         configure(backend, "cpu", threads)  # hides the GPUs from this process's backend
         return {"backend": resolve("cpu")["backend"], "device": device, "gpus": gpus,
                 "precision": policy or ("mixed_bfloat16" if fast else "float32")}
@@ -170,8 +170,11 @@ def resolve_precision(requested: str, info: dict) -> str:
     """The Keras dtype policy to train with: "float32" or "mixed_bfloat16".
 
     `auto` takes bfloat16 arithmetic (float32 weights) where the hardware runs it natively
-    and much faster: a GPU of compute capability 8.0 or newer (A100, H100, ...), or a CPU
-    with AMX-BF16 matrix units (Intel Sapphire Rapids and newer). Everywhere else float32.
+    and measurably faster: a GPU of compute capability 8.0 or newer (A100, H100, ...); a CPU
+    with AMX-BF16 matrix units (Intel Sapphire Rapids and newer); a CPU with AVX512_BF16
+    but no AMX (AMD Zen 4 and newer, Intel Cooper Lake) under TensorFlow or PyTorch, where
+    the seed's searches ran 1.3-1.4x faster (README's benchmark rows; JAX, unmeasured
+    there, stays float32). Everywhere else float32.
 
     Args:
         requested: "auto", "float32" or "mixed".
@@ -181,7 +184,7 @@ def resolve_precision(requested: str, info: dict) -> str:
         raise UsageError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     if PRECISIONS[requested]:
         return PRECISIONS[requested]
-    fast = _gpu_has_bf16(info["backend"]) if info["device"] == "gpu" else _cpu_has_amx_bf16()
+    fast = _gpu_has_bf16(info["backend"]) if info["device"] == "gpu" else _cpu_bf16(info["backend"])
     return "mixed_bfloat16" if fast else "float32"
 
 
@@ -216,15 +219,22 @@ def _gpus_have_bf16() -> bool:
     return bool(caps) and min(caps) >= 8.0
 
 
-def _cpu_has_amx_bf16() -> bool:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def _cpu_bf16(backend: str | None) -> bool:
+    """Whether bfloat16 training is faster than float32 on this CPU with `backend` (see `resolve_precision`)."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and (backend or "tensorflow") in ("tensorflow", "torch"))
 
 
 def _gpu_has_bf16(backend: str) -> bool:

@@ -88,16 +88,23 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
         found = ", ".join(logs) if isinstance(logs, dict) else type(history).__name__
         raise RuntimeError(f"the fold's history has no {cv.objective!r} (it has: {found}); fit must return "
                            "model.fit's History and the model must compute the objective")
+    return fold_record(k, logs, cv, len(train[0]), len(val[0]), time.perf_counter() - start)
+
+
+def fold_record(k: int, logs: dict[str, list[float]], cv: CVConfig, train_size: int, val_size: int,
+                seconds: float) -> dict:
+    """Fold k's record from its per-epoch logs: every metric at the best epoch (the first best, as
+    EarlyStopping restores), and how long and how big."""
     scores = np.asarray(logs[cv.objective], dtype=float)
-    best = int(np.argmax(scores) if cv.direction == "max" else np.argmin(scores))  # the first best, as EarlyStopping
+    best = int(np.argmax(scores) if cv.direction == "max" else np.argmin(scores))
     return {
         "fold": k,
         **{name: float(values[best]) for name, values in logs.items() if name not in RECORD_FIELDS + NOT_METRICS},
         "epochs": len(scores),
         "best_epoch": best + 1,
-        "train_size": len(train[0]),
-        "val_size": len(val[0]),
-        "seconds": round(time.perf_counter() - start, 3),
+        "train_size": train_size,
+        "val_size": val_size,
+        "seconds": round(seconds, 3),
         "rss_mb": rss_mb(),
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
     }

@@ -10,6 +10,7 @@ any changed setting, and leaving the project byte-identical when it refuses), an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import shutil
@@ -98,7 +99,24 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     model_grid = grid_mod.Grid.from_space(space, grid)
     check = check_model(loaded, model_grid.points[0], x, dataset.y_train[: 64], dataset.num_classes, cv.objective,
                         cv.precision)
+    if cv.fold_mode == "fused" and check.fused_blocker:
+        raise UsageError(f"--fold-mode fused: model {loaded.spec} cannot train fused ({check.fused_blocker}); "
+                         "use --fold-mode sequential")
     return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
+
+
+def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu") -> str:
+    """"fused" or "sequential" for `--fold-mode auto`: a resumed project's own; else fused on a GPU
+    and sequential on a CPU (where fused measured no faster: README's benchmark), and sequential
+    for a model that cannot train fused or has its own `fit` (fused training would hand it a
+    dataset of fused batches)."""
+    if plan.cv.fold_mode != "auto":
+        return plan.cv.fold_mode
+    if stored and isinstance(stored.get("cv"), dict):
+        return stored["cv"]["fold_mode"]
+    if device != "gpu" or plan.check.fused_blocker or plan.check.own_fit:
+        return "sequential"
+    return "fused"
 
 
 def grid_params(plan: SearchPlan) -> list[int]:
@@ -166,10 +184,13 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
     progress = progress or Progress()
     pdir = state.project_dir(directory, project)
     state.check_writable(Path(directory))
-    settings = plan.settings(keras.backend.backend(), device or device_mod.resolve("auto")["device"])
     role = distributed.role()
     if role == "worker":
         distributed.wait_for_file(pdir / state.SEARCH_FILE)
+    stored = None if overwrite or not (pdir / state.SEARCH_FILE).exists() else state.stored_settings(pdir)
+    device = device or device_mod.resolve("auto")["device"]
+    plan.cv = dataclasses.replace(plan.cv, fold_mode=resolve_fold_mode(plan, stored, device))
+    settings = plan.settings(keras.backend.backend(), device)
     refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
     x = data_mod.scale_images(plan.dataset.x_train)
     # Only the oracle's owner (a lone search, or the chief) locks and writes the project.
@@ -256,4 +277,4 @@ def _failure_hint(tuner: CVTuner) -> str:
     return f"trial {t.trial_id}: {last[0].strip()} (full traceback in {where}); rerun the same command to retry it"
 
 
-__all__ = ["SearchPlan", "default_cv", "plan_search", "run_plan", "run_search"]
+__all__ = ["SearchPlan", "default_cv", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]

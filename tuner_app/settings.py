@@ -18,6 +18,7 @@ from tuner_app.errors import SettingError, UsageError
 
 POLICIES = ("float32", "mixed_bfloat16")  # the Keras dtype policies tuner-app trains with
 DIRECTIONS = ("max", "min")
+FOLD_MODES = ("auto", "fused", "sequential")
 
 
 def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
@@ -56,6 +57,9 @@ class CVConfig:
             "NAME:max" or "NAME:min" also gives its direction.
         direction: "max" or "min"; None infers it from the name as KerasTuner does
             (accuracy-like: max, loss-like: min).
+        fold_mode: "fused" (a trial's folds train together, see `tuner_app.fused`),
+            "sequential" (one fold after another) or "auto" (decided when the search starts:
+            fused where the model allows it; a resume keeps the first run's).
     """
 
     folds: int = 5
@@ -66,6 +70,7 @@ class CVConfig:
     precision: str = "float32"
     objective: str = "val_accuracy"
     direction: str | None = None
+    fold_mode: str = "auto"
 
     def __post_init__(self):
         check_int("folds", self.folds, 2)
@@ -73,6 +78,8 @@ class CVConfig:
         for name in ("epochs", "batch_size", "patience"):
             check_int(name, getattr(self, name), 1)
         check_policy("precision", self.precision)
+        if self.fold_mode not in FOLD_MODES:
+            raise SettingError("fold_mode", self.fold_mode, f"use {', '.join(FOLD_MODES)}")
         name, _, given = str(self.objective).partition(":")
         direction = given or self.direction or objective_direction(name)
         if not name.strip() or name != name.strip():

@@ -161,6 +161,7 @@ def stored_settings(pdir: Path) -> dict:
         stored.setdefault("model", {"spec": "seed", "file": None, "sha256": None})
     if isinstance(stored.get("cv"), dict):
         stored["cv"].setdefault("precision", "float32")  # before --precision
+        stored["cv"].setdefault("fold_mode", "sequential")  # before --fold-mode
         stored["cv"]["objective"], stored["cv"]["direction"] = objective(stored)  # before --objective
     return stored
 

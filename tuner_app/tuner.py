@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import keras
 import keras_tuner
 import numpy as np
 
-from tuner_app import interrupt, state
+from tuner_app import fused, interrupt, state
 from tuner_app.errors import UsageError
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.grid import Grid
@@ -64,6 +63,7 @@ class CVTuner(keras_tuner.Tuner):
         oracle = ResumableGridOracle(grid, objective=keras_tuner.Objective(cv.objective, cv.direction), seed=cv.seed)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self.cache = ModelCache(self.hypermodel, cv.precision, reuse_models)
+        self.fused_cache = fused.FusedModels(self.hypermodel, cv.precision, reuse_models)
 
     def _populate_initial_space(self):
         """The oracle already has the grid's space: no discovery builds (KerasTuner's default builds again)."""
@@ -84,21 +84,38 @@ class CVTuner(keras_tuner.Tuner):
 
     def run_trial(self, trial, x, y, verbose=0):
         """Every fold of the trial not yet on disk, trained and recorded; the means over the folds."""
-        store = FoldStore(self.get_trial_dir(trial.trial_id))
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        store = FoldStore(trial_dir)
         if self._splits is None:
             self._splits = splits(y, self.cv.folds, self.cv.seed)
         y_fit = labels(y, self.label_form, self.num_classes)
-        for k, (tr, va) in enumerate(self._splits, start=1):
-            if k in store:
-                self.progress.fold_reused(store.records[k], self.cv.folds)
-                continue
+        for k in sorted(store.records):
+            self.progress.fold_reused(store.records[k], self.cv.folds)
+        pending = [k for k in range(1, self.cv.folds + 1) if k not in store]
+        interrupt.check()
+        if self.cv.fold_mode == "fused" and pending:
+            self._run_fused(trial, pending, x, y_fit, store)
+        for k in pending if self.cv.fold_mode != "fused" else ():
             interrupt.check()
+            tr, va = self._splits[k - 1]
             callbacks = self._tensorboard(trial, k) if self.tensorboard else []
             record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, (x[tr], y_fit[tr]),
                                 (x[va], y_fit[va]), self.progress, callbacks)
             store.add(record)
             self.progress.fold_end(record, self.cv.folds)
         return store.means()
+
+    def _run_fused(self, trial, pending: list[int], x, y_fit, store: FoldStore) -> None:
+        def finished(record: dict, history: dict) -> None:
+            if record["fold"] not in store:  # (a resume may finish a member recorded just before a kill)
+                store.add(record)
+                self.progress.fold_end(record, self.cv.folds)
+                if self.tensorboard:
+                    self._tensorboard_history(trial, record["fold"], history)
+
+        self.cache.release()
+        fused.train_folds(self.hypermodel, self.cv, trial.hyperparameters, pending, x, y_fit, self._splits,
+                          self.get_trial_dir(trial.trial_id), finished, self.progress, self.fused_cache)
 
     def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         # KerasTuner prints a failed trial's traceback when its config.DEBUG is on (the default);
@@ -113,13 +130,32 @@ class CVTuner(keras_tuner.Tuner):
 
     def _tensorboard(self, trial, k: int) -> list:
         """A TensorBoard callback for this fold, with the trial's HParams written beside it."""
+        import keras
+
+        return [keras.callbacks.TensorBoard(log_dir=str(self._tensorboard_dir(trial, k)), write_graph=False,
+                                            profile_batch=0)]
+
+    def _tensorboard_dir(self, trial, k: int) -> Path:
+        """`<project>/tensorboard/trial_<id>/fold_<k>`, with the trial's HParams written there."""
         import tensorflow as tf
         from tensorboard.plugins.hparams import api as hparams_api
 
         logdir = Path(self.project_dir) / "tensorboard" / f"trial_{trial.trial_id}" / f"fold_{k}"
         with tf.summary.create_file_writer(str(logdir)).as_default():
             hparams_api.hparams(dict(trial.hyperparameters.values), trial_id=f"{trial.trial_id}/fold_{k}")
-        return [keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False, profile_batch=0)]
+        return logdir
+
+    def _tensorboard_history(self, trial, k: int, history: dict) -> None:
+        """A fused member's epochs as the TensorBoard callback logs them (train/ and validation/, epoch_NAME)."""
+        import tensorflow as tf
+
+        logdir = self._tensorboard_dir(trial, k)
+        for part, prefix in (("train", ""), ("validation", "val_")):
+            with tf.summary.create_file_writer(str(logdir / part)).as_default():
+                for name, values in history.items():
+                    if name.startswith(prefix) and (prefix or not name.startswith("val_")):
+                        for epoch, value in enumerate(values):
+                            tf.summary.scalar(f"epoch_{name[len(prefix):]}", value, step=epoch)
 
     def pre_create_trial(self):
         # A worker told IDLE (the last points are running elsewhere) asks again at once in

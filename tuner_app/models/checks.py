@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import keras_tuner
 import numpy as np
 
 from tuner_app import models
@@ -31,11 +32,35 @@ class ModelCheck:
         label_form: "sparse" (integer labels) or "one_hot", from the compiled loss.
         metrics: The names a fold's history holds (loss, accuracy, val_loss, val_accuracy, ...).
         params: Parameter count of the first grid point's model.
+        fused_blocker: Why the folds of this model cannot train fused (None: they can).
+        own_fit: The hypermodel has its own `fit` (not a tuner-app preset's).
     """
 
     label_form: str
     metrics: tuple[str, ...]
     params: int
+    fused_blocker: str | None = None
+    own_fit: bool = False
+
+
+def fused_blocker(model: keras.Model) -> str | None:
+    """Why `model` cannot train in `tuner_app.fused` (one input, one output, one Keras loss), or None."""
+    for kind in ("inputs", "outputs"):
+        try:
+            count = len(getattr(model, kind) or [None])
+        except (AttributeError, ValueError):  # a subclassed model: called as one layer
+            count = 1
+        if count != 1:
+            return f"it has {count} {kind}"
+    loss = dict(getattr(getattr(model, "_compile_config", None), "config", None) or {}).get("loss")
+    if not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
+        return f"its compiled loss is a {type(loss).__name__}, not one loss"
+    return None
+
+
+def own_fit(hypermodel: keras_tuner.HyperModel) -> bool:
+    """True when the hypermodel overrides `fit` and is not one of tuner-app's presets."""
+    return type(hypermodel).fit is not keras_tuner.HyperModel.fit and not isinstance(hypermodel, models.Preset)
 
 
 def label_form(model: keras.Model) -> str:
@@ -98,9 +123,9 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
     if objective not in names:
         raise ModelError(f"--objective {objective}: model {spec} computes {', '.join(names)}; pick one of those, or "
                          "compile the metric into the model")
-    params = int(model.count_params())
+    params, blocker = int(model.count_params()), fused_blocker(model)
     keras.backend.clear_session()
-    return ModelCheck(form, names, params)
+    return ModelCheck(form, names, params, blocker, own_fit(loaded.hypermodel))
 
 
 def failure(loaded: LoadedModel, values: dict, shape: tuple, e: Exception, doing: str, model=None) -> Exception:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU benchmark: the seed's pipeline and tuner-app's full job (`tuner-app run`) on full MNIST,
+# on the same GPU, with the JAX and the PyTorch backends (TensorFlow is not needed), fused and
+# sequential folds; a table per run on stdout and a JSON per run in benchmarks/results/.
+#
+#   bash benchmarks/gpu.sh                   # on a GPU machine
+#   bash benchmarks/gpu.sh --dry-run         # anywhere: the tiny workload on the CPU, records nothing (CI runs it)
+#
+# Environment: DATA (default ../shared/data/mnist: the four IDX files, .gz or not; --dry-run: the
+# sample shipped with tuner-app), BACKENDS (default "jax torch": those installed are run),
+# WHEELS (a folder of wheels for what the machine lacks, e.g. keras, keras-tuner, typer; they are
+# installed with --no-index into /tmp/tuner-app-site first, for machines without a network).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=0
+[[ "${1:-}" == "--dry-run" ]] && dry_run=1
+BACKENDS=${BACKENDS:-jax torch}
+PYTHON=${PYTHON:-python3}
+
+if [[ -n "${WHEELS:-}" ]]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/tuner-app-site "$WHEELS"/*.whl
+    export PYTHONPATH="/tmp/tuner-app-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+
+ran=0
+for backend in $BACKENDS; do
+    if ! "$PYTHON" -c "import $backend" 2>/dev/null; then
+        echo "gpu.sh: $backend is not installed here: skipped" >&2
+        continue
+    fi
+    common=(--backend "$backend" --seed-backend "$backend" ${DATA:+--data "$DATA"})
+    if (( dry_run )); then
+        "$PYTHON" benchmarks/bench.py --dry-run --fold-mode fused "${common[@]}"
+        ran=1
+        break  # one backend is enough to check the script
+    fi
+    for mode in fused sequential; do
+        "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode "$mode" "${common[@]}"
+    done
+    ran=1
+done
+if (( ! ran )); then
+    echo "gpu.sh: none of the backends ($BACKENDS) is installed" >&2
+    exit 1
+fi

@@ -1,0 +1,33 @@
+"""The benchmark scripts: the GPU command runs end to end on the CPU in its dry mode, against the
+seed's own pipeline."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench
+
+
+def test_the_seed_pipeline_in_the_repository_is_the_reference():
+    copy = (ROOT / "benchmarks" / "seed_pipeline.py").read_bytes()
+    assert hashlib.sha256(copy).hexdigest() == bench.SEED_PIPELINE_SHA256
+    shared = ROOT.parent / "shared" / "bench" / "seed_pipeline.py"
+    if shared.exists():  # beside a developer's checkout
+        assert shared.read_bytes() == copy
+
+
+def test_the_gpu_benchmark_runs_dry_on_the_cpu():
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    results = set((ROOT / "benchmarks" / "results").iterdir())
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "BACKENDS": backend}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| seed", "| tuner-app"))]
+    assert len(rows) == 2
+    assert f"| tuner-app | {backend} | cpu | fused |" in proc.stdout
+    assert "ratio tuner-app / seed" in proc.stdout and "dry run: nothing recorded" in proc.stdout
+    assert set((ROOT / "benchmarks" / "results").iterdir()) == results

@@ -164,3 +164,15 @@ def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsy
                              "mnist-sample", "--fold-mode", "fused", "--directory", tmp_path, "--quiet")
     assert code == 2 and "--fold-mode fused" in err and "list" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_preset_with_its_own_fit_trains_fused(tmp_path, small_dataset):
+    """`extended`'s fit adds a cosine learning-rate schedule: fused training goes through it."""
+    from tuner_app.search import run_search
+
+    cv = CVConfig(folds=2, epochs=2, fold_mode="fused", precision="float32")
+    pdir = run_search(small_dataset, "extended", {"filters": ["32,64"], "dropout": [0.25]}, cv, directory=tmp_path,
+                      project="x", train_limit=400)
+    records = json.loads(next(pdir.glob("trial_*/folds.json")).read_text())
+    assert [r["fold"] for r in records] == [1, 2] and all(r["epochs"] == 2 for r in records)
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 and np.isfinite(r["val_loss"]) for r in records)

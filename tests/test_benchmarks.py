@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench
@@ -20,8 +22,13 @@ def test_the_seed_pipeline_in_the_repository_is_the_reference():
         assert shared.read_bytes() == copy
 
 
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.mark.skipif(BACKEND not in ("torch", "jax"), reason="the GPU benchmark's backends are JAX and PyTorch: this "
+                    "runs in the suite's PyTorch pass (KERAS_BACKEND=torch), once per CI run")
 def test_the_gpu_benchmark_runs_dry_on_the_cpu():
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    backend = BACKEND
     results = set((ROOT / "benchmarks" / "results").iterdir())
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "BACKENDS": backend}, check=False)

@@ -316,7 +316,7 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
                 x: np.ndarray, y: np.ndarray, split: list[tuple[np.ndarray, np.ndarray]], trial_dir: str | Path,
                 on_record: Callable[[dict, dict], None], progress: Progress | None = None,
                 cache: FusedModels | None = None) -> None:
-    """Train `folds` (1-based) of one trial fused; call `on_record(record)` as each one finishes.
+    """Train `folds` (1-based) of one trial fused; call `on_record(record, history)` as each one finishes.
 
     Resumes from `trial_dir/fused_state.npz` when it holds these folds' state.
 
@@ -334,10 +334,11 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     """
     progress = progress or Progress()
     path = Path(trial_dir) / STATE_FILE
-    folds = saved_members(path) or list(folds)
+    saved = saved_members(path)
+    folds = saved or list(folds)
     model = (cache or FusedModels(hypermodel, cv.precision)).fresh(hp, folds, cv.seed, x.shape[1:])
     tracker, start_epoch, elapsed = Members(folds, cv), 0, 0.0
-    if path.exists() and saved_members(path) == folds:
+    if saved:
         tracker, start_epoch, elapsed = load_state(path, model, cv)
     started = time.perf_counter() - elapsed
     train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch)
@@ -367,8 +368,8 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
             else:
                 self.model.stop_training = True
 
-    hypermodel.fit(hp, model, train_data, validation_data=val_data, epochs=cv.epochs, initial_epoch=start_epoch, shuffle=False, verbose=0,
-                   callbacks=[_Members(), interrupt.keras_callback()])
+    hypermodel.fit(hp, model, train_data, validation_data=val_data, epochs=cv.epochs, initial_epoch=start_epoch,
+                   shuffle=False, verbose=0, callbacks=[_Members(), interrupt.keras_callback()])
     path.unlink(missing_ok=True)
 
 

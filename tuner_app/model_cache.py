@@ -76,10 +76,6 @@ class ModelCache:
             return model
         return self._load(model)
 
-    def release(self) -> None:
-        """Forget the cached model (the fused path builds its own)."""
-        self._model = self._key = None
-
     def _build(self, hp, seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
         return models.build(self.hypermodel, hp, self.precision)

@@ -93,9 +93,11 @@ class CVTuner(keras_tuner.Tuner):
             self.progress.fold_reused(store.records[k], self.cv.folds)
         pending = [k for k in range(1, self.cv.folds + 1) if k not in store]
         interrupt.check()
-        if self.cv.fold_mode == "fused" and pending:
-            self._run_fused(trial, pending, x, y_fit, store)
-        for k in pending if self.cv.fold_mode != "fused" else ():
+        if self.cv.fold_mode == "fused":
+            if pending:
+                self._run_fused(trial, trial_dir, pending, x, y_fit, store)
+            return store.means()
+        for k in pending:
             interrupt.check()
             tr, va = self._splits[k - 1]
             callbacks = self._tensorboard(trial, k) if self.tensorboard else []
@@ -105,7 +107,7 @@ class CVTuner(keras_tuner.Tuner):
             self.progress.fold_end(record, self.cv.folds)
         return store.means()
 
-    def _run_fused(self, trial, pending: list[int], x, y_fit, store: FoldStore) -> None:
+    def _run_fused(self, trial, trial_dir: str, pending: list[int], x, y_fit, store: FoldStore) -> None:
         def finished(record: dict, history: dict) -> None:
             if record["fold"] not in store:  # (a resume may finish a member recorded just before a kill)
                 store.add(record)
@@ -113,9 +115,8 @@ class CVTuner(keras_tuner.Tuner):
                 if self.tensorboard:
                     self._tensorboard_history(trial, record["fold"], history)
 
-        self.cache.release()
-        fused.train_folds(self.hypermodel, self.cv, trial.hyperparameters, pending, x, y_fit, self._splits,
-                          self.get_trial_dir(trial.trial_id), finished, self.progress, self.fused_cache)
+        fused.train_folds(self.hypermodel, self.cv, trial.hyperparameters, pending, x, y_fit, self._splits, trial_dir,
+                          finished, self.progress, self.fused_cache)
 
     def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         # KerasTuner prints a failed trial's traceback when its config.DEBUG is on (the default);

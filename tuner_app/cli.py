@@ -9,6 +9,7 @@ line too; see `main`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import warnings
@@ -146,11 +147,16 @@ def search(
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
     chief: Annotated[str | None, typer.Option(help="With --workers: start only the N workers, joining the chief at HOST:PORT.", show_default=False)] = None,
     threads: SearchThreadsOpt = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the folds as tasks on Ray: on the cluster at --ray-address, else at $RAY_ADDRESS, else on a local Ray on this machine. Needs pip install 'tuner-app[ray]'.")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="With --ray: the Ray cluster's address (HOST:6379, ray://HOST:10001, auto).", show_default=False)] = None,
+    cpus_per_task: Annotated[float | None, typer.Option(help="With --ray: CPU cores each fold task reserves (and trains with). [default: 1]", show_default=False)] = None,
+    gpus_per_task: Annotated[float | None, typer.Option(help="With --ray: GPUs each fold task reserves; a fraction lets folds share a GPU. [default: 1 on a GPU search, else 0]", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
     """Score every grid point of a model by stratified K-fold CV; resumes an interrupted search."""
     pdir = state.project_dir(directory, project)
     role = distributed.role()
+    ray_config = _ray_config(ray, ray_address, cpus_per_task, gpus_per_task, workers)
     if workers is not None and role is None and not dry_run:
         code = distributed.launch(_argv(ctx, ("workers", "chief", "quiet")), workers, quiet, chief)
         if code == 0 and not quiet and chief is None:
@@ -166,8 +172,10 @@ def search(
 
     overrides = parse_grid_option(grid or [])
     recorded = None if dry_run else _recorded(pdir, role, overwrite)
+    # A Ray driver trains nothing: it resolves device and precision for the tasks, as a chief does.
     info = device_mod.settle(backend.value if backend else None, device.value,
-                             _precision(precision, mixed_precision, "auto"), role, recorded, threads)
+                             _precision(precision, mixed_precision, "auto"), "chief" if ray_config else role,
+                             recorded, threads)
     from tuner_app.data import load_dataset
     from tuner_app.models import load_model
     from tuner_app.models.seed import grid_overrides
@@ -192,12 +200,14 @@ def search(
     plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"]))
     if not quiet:
         where = "serving the oracle for workers on" if role == "chief" else "on"
+        if ray_config:
+            where = f"on Ray ({ray_config.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
         err.print(f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
                   f"{len(plan.grid)} grid points x {cv.folds} folds, {plan.cv.fold_mode}", soft_wrap=True)
     try:
         with stop_on_signals(immediate=role == "chief"):
             run_plan(plan, directory, project, overwrite, _progress(quiet), tensorboard=tensorboard,
-                     device=info["device"])
+                     device=info["device"], ray=ray_config)
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
         done = sum(r["status"] == "COMPLETED" for r in report.load_results(pdir)) \
@@ -207,6 +217,22 @@ def search(
         raise typer.Exit(128 + signum) from None
     if not quiet:
         _show(pdir)
+
+
+def _ray_config(ray: bool, address: str | None, cpus_per_task: float | None, gpus_per_task: float | None,
+                workers: int | None):
+    """The RayConfig of `--ray` (None without it); its options only with it."""
+    from tuner_app.settings import RayConfig
+
+    if not ray:
+        given = [o for o, v in (("--ray-address", address), ("--cpus-per-task", cpus_per_task),
+                                ("--gpus-per-task", gpus_per_task)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} belongs to --ray: add --ray, or drop it")
+        return None
+    if workers is not None:
+        raise UsageError("--ray and --workers are two engines: pick one (README: Ray or KerasTuner's chief/worker)")
+    return RayConfig(address, 1.0 if cpus_per_task is None else cpus_per_task, gpus_per_task)
 
 
 def _show(pdir: Path) -> None:

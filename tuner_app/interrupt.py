@@ -54,6 +54,19 @@ def stop_on_signals(immediate: bool = False):
         _requested = None
 
 
+@contextlib.contextmanager
+def kept(signals=STOP_SIGNALS):
+    """Whatever a library does to the handlers of `signals` meanwhile, they are tuner-app's again
+    afterwards (Ray's start-up installs its own, in Python and in its C++ core, which aborts)."""
+    previous = {s: signal.getsignal(s) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
 def check() -> None:
     """Raise SearchInterrupted if a stop was requested."""
     if _requested is not None:

@@ -18,6 +18,9 @@ class Progress:
     def search_start(self, total: int, done: int, where: str, objective: str = "val_accuracy",
                      direction: str = "max") -> None: ...
     def trial_start(self, trial_id: str, values: dict, index: int | None, total: int) -> None: ...
+    def trial_focus(self, trial_id: str | None) -> None:
+        """The events that follow are trial `trial_id`'s (None: no trial's); only when several
+        trials run at once (a search on Ray), where the fold lines then name their trial."""
     def fold_start(self, fold: int, folds: int, epochs: int) -> None: ...
     def folds_start(self, active: list[int], folds: int, epochs: int, epoch: int = 0) -> None: ...
     def fold_reused(self, record: dict, folds: int) -> None: ...
@@ -64,6 +67,7 @@ class RichProgress(Progress):
         )
         self._trials = self._epochs = None
         self._fold = ""
+        self._where = ""  # "trial 3 " while several trials run at once (trial_focus)
         self._best: float | None = None
         self._objective, self._better = "val_accuracy", max
 
@@ -79,22 +83,25 @@ class RichProgress(Progress):
         where = f"trial {index}/{total} \\[id {trial_id}]" if index else f"trial {trial_id} of {total}"
         self.console.log(f"{where}: {describe(values)}")
 
+    def trial_focus(self, trial_id):
+        self._where = f"trial {trial_id} " if trial_id is not None else ""
+
     def fold_start(self, fold, folds, epochs):
         if self._epochs is not None:
             self.bars.remove_task(self._epochs)
-        self._fold = f"  fold {fold}/{folds} epochs"
+        self._fold = f"  {self._where}fold {fold}/{folds} epochs"
         self._epochs = self.bars.add_task(self._fold, total=epochs)
 
     def folds_start(self, active, folds, epochs, epoch=0):
         if self._epochs is not None:
             self.bars.remove_task(self._epochs)
-        self._fold = f"  folds {','.join(map(str, active))}/{folds} fused, epochs"
+        self._fold = f"  {self._where}folds {','.join(map(str, active))}/{folds} fused, epochs"
         self._epochs = self.bars.add_task(self._fold, total=epochs, completed=epoch)
         if epoch:
-            self.console.log(f"  folds {','.join(map(str, active))}: resuming at epoch {epoch + 1}")
+            self.console.log(f"  {self._where}folds {','.join(map(str, active))}: resuming at epoch {epoch + 1}")
 
     def fold_reused(self, record, folds):
-        self.console.log(f"  fold {record['fold']}/{folds}: {self._score(record)} (kept from before)")
+        self.console.log(f"  {self._where}fold {record['fold']}/{folds}: {self._score(record)} (kept from before)")
 
     def _score(self, logs: dict) -> str:
         value = logs.get(self._objective)
@@ -106,7 +113,7 @@ class RichProgress(Progress):
 
     def fold_end(self, record, folds):
         self.console.log(
-            f"  fold {record['fold']}/{folds}: {self._score(record)} after {record['epochs']} epochs, {record['seconds']:.1f} s"
+            f"  {self._where}fold {record['fold']}/{folds}: {self._score(record)} after {record['epochs']} epochs, {record['seconds']:.1f} s"
         )
 
     def trial_end(self, trial_id, score, status):

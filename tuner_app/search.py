@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tuner_app import data as data_mod
-from tuner_app import distributed, state
+from tuner_app import distributed, ray_engine, state
 from tuner_app import grid as grid_mod
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.models import LoadedModel, load_model
 from tuner_app.models.checks import ModelCheck, check_model, failure
 from tuner_app.progress import Progress
-from tuner_app.settings import CVConfig
+from tuner_app.settings import CVConfig, RayConfig
 from tuner_app.tuner import CVTuner
 
 
@@ -169,11 +169,12 @@ def run_search(
 
 def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: str = "default", overwrite: bool = False,
              progress: Progress | None = None, reuse_models: bool | None = None, tensorboard: bool = False,
-             device: str | None = None) -> Path:
+             device: str | None = None, ray: RayConfig | None = None) -> Path:
     """Create or resume the project of a checked plan and run the search (see `run_search`).
 
     Args:
         device: "cpu" or "gpu", recorded with the search; None: what the backend uses now.
+        ray: Run the folds as tasks on Ray (`tuner_app.ray_engine`); None: in this process.
     """
     import keras
 
@@ -185,6 +186,9 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
     pdir = state.project_dir(directory, project)
     state.check_writable(Path(directory))
     role = distributed.role()
+    if ray is not None and (role or tensorboard):
+        raise UsageError("--ray runs the folds on Ray's workers: drop " + (
+            "KerasTuner's KERASTUNER_* variables (its chief/worker mode)" if role else "--tensorboard (not on Ray yet)"))
     if role == "worker":
         distributed.wait_for_file(pdir / state.SEARCH_FILE)
     stored = None if overwrite or not (pdir / state.SEARCH_FILE).exists() else state.stored_settings(pdir)
@@ -193,6 +197,17 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
     settings = plan.settings(keras.backend.backend(), device)
     refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
     x = data_mod.scale_images(plan.dataset.x_train)
+    with contextlib.ExitStack() as stack:
+        if ray is not None:  # before any file is written: an unreachable cluster changes nothing
+            ray_engine.connect(ray, settings["backend"], device)
+            stack.callback(ray_engine.disconnect)
+        _run(plan, x, pdir, directory, project, settings, role, overwrite, progress, reuse_models, tensorboard, ray,
+             device)
+    return pdir
+
+
+def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dict, role: str | None, overwrite: bool,
+         progress: Progress, reuse_models: bool | None, tensorboard: bool, ray: RayConfig | None, device: str) -> None:
     # Only the oracle's owner (a lone search, or the chief) locks and writes the project.
     with contextlib.nullcontext() if role == "worker" else state.ProjectLock(Path(directory), project) as lock:
         if lock is not None:
@@ -204,7 +219,10 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
                             progress, reuse_models, tensorboard, directory=str(directory), project_name=project)
         progress.search_start(len(plan.grid), tuner.completed() or 0, str(pdir), plan.cv.objective, plan.cv.direction)
         try:
-            tuner.search(x, plan.dataset.y_train, verbose=0)
+            if ray is not None:
+                ray_engine.RayEngine(tuner, ray, device).search(x, plan.dataset.y_train)
+            else:
+                tuner.search(x, plan.dataset.y_train, verbose=0)
         except RuntimeError as e:  # KerasTuner's "consecutive failures exceeded the limit"
             raise TunerAppError(f"search stopped: {str(e).splitlines()[0]}; {_failure_hint(tuner)}") from None
         finally:
@@ -212,7 +230,6 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
     failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
     if failed:
         raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
-    return pdir
 
 
 def _check_tensorboard() -> None:

@@ -124,6 +124,40 @@ class RetrainConfig:
         check_policy("precision", self.precision)
 
 
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how folds run on Ray.
+
+    Args:
+        address: A Ray cluster's address ("HOST:6379", "ray://HOST:10001", "auto"); None: the one in
+            $RAY_ADDRESS, else a local Ray on this machine for the search's duration.
+        cpus_per_task: CPU cores a task reserves (and the threads it trains with).
+        gpus_per_task: GPUs a task reserves; fractions let small folds share a GPU. None: 1 when
+            the search trains on a GPU, else 0.
+        max_retries: How many times Ray reruns a task whose worker process or node died.
+    """
+
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float | None = None
+    max_retries: int = 3
+
+    def __post_init__(self):
+        if not isinstance(self.cpus_per_task, (int, float)) or not self.cpus_per_task > 0:
+            raise SettingError("cpus_per_task", self.cpus_per_task, "must be a number > 0")
+        if self.gpus_per_task is not None and not (isinstance(self.gpus_per_task, (int, float))
+                                                   and 0 <= self.gpus_per_task and (self.gpus_per_task <= 1
+                                                                                    or self.gpus_per_task % 1 == 0)):
+            raise SettingError("gpus_per_task", self.gpus_per_task, "must be >= 0: a fraction <= 1 or a whole number")
+        check_int("max_retries", self.max_retries, 0)
+
+    def gpus(self, device: str) -> float:
+        """GPUs per task on a search that trains on `device`."""
+        if self.gpus_per_task is not None:
+            return float(self.gpus_per_task)
+        return 1.0 if device == "gpu" else 0.0
+
+
 def parse_grid_option(texts: list[str]) -> dict[str, list[str]]:
     """`["units=32,64", 'act=["relu","gelu"]']` -> {"units": ["32", "64"], "act": ["relu", "gelu"]}.
 

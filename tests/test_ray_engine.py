@@ -1,0 +1,187 @@
+"""`search --ray` on a real local Ray (loopback, no dashboard): results, faults, bad input.
+
+Each test starts its own local Ray from the search process, with Ray's files in a fresh
+short temporary directory (RAY_TMPDIR), so that the processes of that Ray can be found
+(and must be gone when the search is).
+"""
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from test_resume import fold_records, start_cli, wait_for
+
+from tuner_app import reaper
+
+ray = pytest.importorskip("ray")  # installed with the test extra: `pip install '.[test]'`
+
+# The seed's 6-point grid on a small subset, 5 folds x 1 epoch, one thread per fold (each Ray task
+# trains with --cpus-per-task threads, so the lone search it is compared with does too).
+GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
+NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
+
+pytestmark = pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                                reason="the Ray engine is backend-independent: its tests run in the TensorFlow pass")
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    """A fresh directory for Ray's session files (short: Ray's socket paths must fit 107 bytes)."""
+    where = tempfile.mkdtemp(prefix="tr", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", where)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        yield where
+        assert wait_ray_gone(where), f"Ray processes of {where} still running: {ray_processes(where)}"
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def ray_processes(where: str, title: str = "") -> list[int]:
+    """PIDs of the processes of the Ray whose files are in `where` (or, with `title`, whose command line has it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        ours = where in cmdline or f"RAY_TMPDIR={where}" in environ
+        if ours and title in cmdline and int(proc.name) != os.getpid():
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_ray_gone(where: str, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not [p for p in ray_processes(where) if "pytest" not in _cmdline(p)]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ray_started_by(proc, timeout: float = 120.0) -> dict[int, str]:
+    """{pid: start time} of the processes of the local Ray under the search `proc`, once its agents run."""
+    def complete():
+        found = reaper.ray_processes(proc.pid)
+        titles = " ".join(_cmdline(pid) for pid in found)
+        return found if all(t in titles for t in ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent")) else {}
+
+    wait_for(complete, timeout, proc)
+    return complete()
+
+
+def still_running(processes: dict[int, str], timeout: float = 15.0) -> list[str]:
+    """Which of `processes` (pid: start time) are still there after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        left = [f"{pid} {_cmdline(pid)}" for pid, start in processes.items() if reaper._stat(pid)
+                and reaper._stat(pid)[1] == start]
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.2)
+
+
+def by_point(pdir: Path) -> dict:
+    """{grid point: [fold records without timings]} of a project."""
+    out = {}
+    for trial in pdir.glob("trial_*/trial.json"):
+        values = json.loads(trial.read_text())["hyperparameters"]["values"]
+        folds = json.loads((trial.parent / "folds.json").read_text())
+        out[json.dumps(values, sort_keys=True)] = [{k: v for k, v in r.items() if k not in NOT_COMPARED} for r in folds]
+    return out
+
+
+@pytest.fixture(scope="module")
+def lone(tmp_path_factory) -> dict:
+    directory = tmp_path_factory.mktemp("lone")
+    run_cli("search", *GRID, "--threads", "1", "--directory", directory, "--project", "p", check=True)
+    return by_point(directory / "p")
+
+
+def test_ray_search_equals_a_lone_search(tmp_path, ray_env, lone):
+    run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
+    results = json.loads(run_cli("results", "--directory", tmp_path, "--project", "p", "-f", "json", check=True).stdout)
+    assert len(results) == 6 and all(t["status"] == "COMPLETED" for t in results)
+    assert by_point(tmp_path / "p") == lone  # 6 x 5 fold records: same folds, seeds and scores
+
+
+def test_a_ray_worker_killed_mid_fold_is_retried(tmp_path, ray_env, lone):
+    proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
+    pdir = tmp_path / "p"
+    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
+    wait_for(lambda: ray_processes(ray_env, "ray::tuner-app-fold"), proc=proc)  # a worker in a fold now
+    victim = ray_processes(ray_env, "ray::tuner-app-fold")[0]
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert by_point(pdir) == lone  # every grid point once, every fold once, the same scores
+    assert len(list(pdir.glob("trial_*"))) == 6
+
+
+def test_a_killed_driver_leaves_nothing_running_and_the_rerun_reuses_its_folds(tmp_path, ray_env, lone):
+    proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
+    pdir = tmp_path / "p"
+    started = ray_started_by(proc)
+    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 3, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it was killed"
+    assert not still_running(started), f"Ray outlived its driver: {still_running(started, 0)}"
+    kept = fold_records(pdir)
+
+    run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
+    records = fold_records(pdir)
+    assert all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())  # not retrained
+    assert by_point(pdir) == lone
+
+
+def test_sigterm_cancels_the_tasks_and_stops_as_a_lone_search(tmp_path, ray_env):
+    proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
+    pdir = tmp_path / "p"
+    started = ray_started_by(proc)
+    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 1, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert not still_running(started), still_running(started, 0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ray", "--cpus-per-task", "0"], "--cpus-per-task 0.0: must be a number > 0"),
+    (["--ray", "--gpus-per-task", "1.5"], "--gpus-per-task 1.5"),
+    (["--cpus-per-task", "2"], "--cpus-per-task belongs to --ray"),
+    (["--ray-address", "127.0.0.1:6379"], "--ray-address belongs to --ray"),
+    (["--ray", "--workers", "2"], "--ray and --workers"),
+    (["--ray", "--tensorboard"], "--tensorboard"),
+])
+def test_bad_ray_options_are_one_line_usage_errors(tmp_path, args, message):
+    r = run_cli("search", *GRID, *args, "--directory", tmp_path, "--project", "p")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_unreachable_ray_cluster_is_a_usage_error_and_writes_nothing(tmp_path, ray_env):
+    r = run_cli("search", *GRID, "--ray", "--ray-address", "127.0.0.1:1", "--directory", tmp_path, "--project", "p",
+                timeout=180)
+    assert r.returncode == 2, r.stderr
+    assert "cannot reach 127.0.0.1:1" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "p").exists()

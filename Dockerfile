@@ -12,8 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/tuner-app
 COPY pyproject.toml README.md ./
 COPY tuner_app ./tuner_app
-# TensorFlow comes from the base image; pip keeps it because it satisfies the pin.
-RUN python -m pip install --no-cache-dir . \
+# TensorFlow comes from the base image; pip keeps it because it satisfies the pin. Ray (the [ray]
+# extra) lets the same image run the search on a Ray cluster (deploy/kubernetes/raycluster.yaml).
+# DL3013 takes the project itself (".[ray]") for an unpinned package; its pins are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN python -m pip install --no-cache-dir ".[ray]" \
     && useradd --create-home --uid 1000 tuner \
     && mkdir -p /work/tuning_dirs \
     && chown -R tuner:tuner /work

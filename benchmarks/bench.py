@@ -90,7 +90,7 @@ def seed_run(args, limit, epochs, final, env) -> dict:
                         for r in sorted(out["results"], key=lambda r: -r["avg_accuracy"])]}
 
 
-def tuner_run(args, limit, epochs, final, env, directory) -> dict:
+def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False) -> dict:
     base = [sys.executable, "-m", "tuner_app"]
     common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--device", args.device,
               "--quiet"]
@@ -104,7 +104,7 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
         search_s, retrain_s, total_s = search["wall_s"], retrain["wall_s"], search["wall_s"] + retrain["wall_s"]
         peak = max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0)
     else:  # one process: start-up paid once
-        job = run(base + ["run", *searching, "--retrain-epochs", str(final)], env)
+        job = run(base + ["run", *searching, "--retrain-epochs", str(final), *(["--ray"] if ray else [])], env)
         retrain_s = json.loads((directory / "bench" / "retrain.json").read_text())["seconds"]
         search_s, total_s, peak = round(job["wall_s"] - retrain_s, 2), job["wall_s"], job["peak_rss_mb"]
     pdir = directory / "bench"
@@ -117,13 +117,17 @@ def tuner_run(args, limit, epochs, final, env, directory) -> dict:
         folds = json.loads((tdir / "folds.json").read_text())
         rss_by_trial.append(folds[-1].get("rss_mb"))
     hp = retrained["hyperparameters"]
-    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else ""), "backend": retrained["backend"], "device": retrained["device"],
+    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else "") + (" --ray" if ray else ""), "backend": retrained["backend"], "device": retrained["device"],
             "search_s": search_s, "retrain_s": retrain_s, "total_s": round(total_s, 2), "peak_rss_mb": peak,
             "fold_mode": searched["cv"].get("fold_mode", "sequential"),
             "precision": f"{searched['cv']['precision']} / {retrained['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}",
             "cv_score": retrained["cv_score"], "test_accuracy": retrained["test_accuracy"], "rss_mb_after_each_trial": rss_by_trial,
             "retrain_precision": retrained["precision"], "retrain_val_accuracy": retrained["history"].get("val_accuracy"),
             "ranking": ranking}
+
+
+def ray_run(args, limit, epochs, final, env, directory) -> dict:
+    return tuner_run(args, limit, epochs, final, env, directory, ray=True)
 
 
 def table(rows: list[dict], ratio: float) -> str:
@@ -147,6 +151,8 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                     help="both pipelines' device (cpu hides the GPUs from the seed's too)")
     ap.add_argument("--workers", type=int, help="tuner-app search --workers N (chief + N worker processes)")
+    ap.add_argument("--ray", action="store_true", help="also `tuner-app run --ray` (a local Ray) in every round, "
+                    "beside the lone run: the engine's overhead")
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
     ap.add_argument("--seed-pipeline", type=Path, default=SEED_PIPELINE,
                     help="the seed's pipeline (refused unless it is the reference, by its SHA-256)")
@@ -181,6 +187,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             order = [seed_run, tuner_run] if i % 2 == 0 else [tuner_run, seed_run]
+            if args.ray:
+                order.insert(1, ray_run)
             for fn in order:
                 if fn is seed_run and args.seed_from:
                     continue
@@ -191,15 +199,21 @@ def main() -> None:
                 print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
                       file=sys.stderr, flush=True)
     def mean_total(who: str) -> float:
-        return statistics.mean(r["total_s"] for r in rows if r["who"].startswith(who))
+        return statistics.mean(r["total_s"] for r in rows if r["who"] == who)
 
-    ratio = mean_total("tuner-app") / mean_total("seed")
+    lone = "tuner-app" + (f" --workers {args.workers}" if args.workers else "")
+    ratio = mean_total(lone) / mean_total("seed")
     result = {"workload": args.workload, "precision_option": args.precision, "fold_mode_option": args.fold_mode,
               "device_option": args.device, "seed_backend": args.seed_backend, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
               "ratio_total": round(ratio, 3), "rows": rows}
+    if args.ray:
+        result["ratio_ray_total"] = round(mean_total(lone + " --ray") / mean_total("seed"), 3)
+        result["ray_over_lone"] = round(mean_total(lone + " --ray") / mean_total(lone), 3)
     print(table(rows, ratio))
+    if args.ray:
+        print(f"tuner-app --ray / seed {result['ratio_ray_total']:.2f}; --ray / lone {result['ray_over_lone']:.2f}")
     if args.seed_from:
         print(f"seed row(s) from {rows[0]['from']}, not run again")
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
@@ -209,7 +223,7 @@ def main() -> None:
     name = (f"{args.workload}-{args.backend}" + (f"-{args.device}" if args.device == "gpu" else "")
             + (f"-{args.precision}" if args.precision != "auto" else "")
             + (f"-{args.fold_mode}" if args.fold_mode != "auto" else "")
-            + (f"-workers{args.workers}" if args.workers else ""))
+            + (f"-workers{args.workers}" if args.workers else "") + ("-ray" if args.ray else ""))
     path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import MNIST_SAMPLE, MODELS, SMALL_SEARCH, run_cli_here
 
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
 BROKEN = f"{MODELS / 'broken.py'}"
 
 

@@ -7,6 +7,8 @@ from conftest import MNIST_SAMPLE
 from tuner_app import data
 from tuner_app.errors import DataError, UsageError
 
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
 
 def _write_idx_dir(path, ds, gz: bool):
     path.mkdir()

@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import MNIST_SAMPLE, run_cli
+
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
 
 SEARCH = ["search", "--data", str(MNIST_SAMPLE), "--train-limit", "300", "--folds", "2", "--epochs", "1"]
 

@@ -8,6 +8,8 @@ from tuner_app import grid, models
 from tuner_app.errors import UsageError
 from tuner_app.settings import parse_grid_option
 
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
 
 def _grid(build, overrides=None):
     return grid.Grid.from_space(grid.discover(models.BuildFunction(build)), overrides)

@@ -1,9 +1,12 @@
 import json
 
 import numpy as np
+import pytest
 from conftest import run_cli
 
 from tuner_app import plots, report
+
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -26,8 +26,7 @@ ray = pytest.importorskip("ray")  # installed with the test extra: `pip install 
 GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
-pytestmark = pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
-                                reason="the Ray engine is backend-independent: its tests run in the TensorFlow pass")
+pytestmark = pytest.mark.backend_independent
 
 
 @pytest.fixture
@@ -185,3 +184,10 @@ def test_an_unreachable_ray_cluster_is_a_usage_error_and_writes_nothing(tmp_path
     assert r.returncode == 2, r.stderr
     assert "cannot reach 127.0.0.1:1" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_a_task_that_fits_no_node_is_a_usage_error_not_a_wait(tmp_path, ray_env):
+    r = run_cli("search", *GRID, "--ray", "--gpus-per-task", "1", "--directory", tmp_path, "--project", "p")
+    assert r.returncode == 2, r.stderr
+    assert "a fold task asks for 1 CPU and 1 GPU, but the cluster has" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()

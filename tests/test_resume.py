@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import MNIST_SAMPLE, run_cli
 
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
 # The seed's own 6-point grid on a small subset: 6 trials x 5 folds x 1 epoch.
 GRID_SEARCH = ["--data", str(MNIST_SAMPLE), "--train-limit", "300", "--epochs", "1", "--quiet"]
 # Two points x 2 folds x 2 epochs: long enough to stop in the middle, short to finish.

@@ -5,6 +5,8 @@ import pytest
 from tuner_app.errors import SettingError
 from tuner_app.settings import CVConfig, RetrainConfig
 
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
 
 @pytest.mark.parametrize("kwargs, name", [
     ({"folds": 1}, "folds"), ({"folds": 2.5}, "folds"), ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),

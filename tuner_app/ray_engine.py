@@ -100,15 +100,22 @@ def disconnect() -> None:
 
 
 def slots(config: RayConfig, device: str) -> int:
-    """How many tasks the cluster runs at once with this config (at least 1)."""
+    """How many tasks the cluster runs at once with this config.
+
+    Raises:
+        UsageError: not one task fits the cluster as it is now (Ray would wait for it forever).
+    """
     import ray
 
     resources = ray.cluster_resources()
-    counts = [resources.get("CPU", 0) // config.cpus_per_task]
-    gpus = config.gpus(device)
-    if gpus:
-        counts.append(resources.get("GPU", 0) // gpus)
-    return max(1, int(min(counts)))
+    asked = {"CPU": config.cpus_per_task, "GPU": config.gpus(device)}
+    counts = [resources.get(name, 0) // amount for name, amount in asked.items() if amount]
+    if min(counts) < 1:
+        have = ", ".join(f"{resources.get(n, 0):g} {n}" for n in asked)
+        raise UsageError(f"--ray: a fold task asks for {config.cpus_per_task:g} CPU and {asked['GPU']:g} GPU, but the "
+                         f"cluster has {have}; lower --cpus-per-task/--gpus-per-task, add nodes (an autoscaling "
+                         "group needs at least one node up), or pass --device cpu")
+    return int(min(counts))
 
 
 _worker: dict = {}  # what a Ray worker process keeps between the tasks of one search: its model caches
@@ -208,6 +215,8 @@ class RayEngine:
         from ray.util.queue import Queue
 
         tuner, cv = self.tuner, self.tuner.cv
+        capacity = slots(self.config, self.device)
+        tuner.concurrent = True
         fold_splits = splits(y, cv.folds, cv.seed)
         _pickle_by_value(tuner.hypermodel)
         refs = {"x": ray.put(x), "y": ray.put(labels(y, tuner.label_form, tuner.num_classes)),
@@ -217,7 +226,6 @@ class RayEngine:
         task = ray.remote(run_folds).options(
             name=TASK_NAME, num_cpus=self.config.cpus_per_task, num_gpus=self.config.gpus(self.device),
             max_retries=self.config.max_retries, retry_exceptions=False)
-        capacity = slots(self.config, self.device)
         tuner.oracle.verbose = 0  # KerasTuner's own printing, off as in a lone search
         tuner.oracle.ongoing_trials.clear()  # a resume: unfinished trials are in the retry queue (oracle.reload)
         running: dict[str, _Trial] = {}

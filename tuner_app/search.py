@@ -201,6 +201,7 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
         if ray is not None:  # before any file is written: an unreachable cluster changes nothing
             ray_engine.connect(ray, settings["backend"], device)
             stack.callback(ray_engine.disconnect)
+            ray_engine.slots(ray, device)  # at least one task fits the cluster
         _run(plan, x, pdir, directory, project, settings, role, overwrite, progress, reuse_models, tensorboard, ray,
              device)
     return pdir

@@ -60,6 +60,7 @@ class CVTuner(keras_tuner.Tuner):
         self.tensorboard = tensorboard
         self._splits: list | None = None
         self._asked = False  # asked the oracle for a trial and got none yet (IDLE)
+        self.concurrent = False  # several trials run at once (on Ray): trials are not numbered in order
         oracle = ResumableGridOracle(grid, objective=keras_tuner.Objective(cv.objective, cv.direction), seed=cv.seed)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
         self.cache = ModelCache(self.hypermodel, cv.precision, reuse_models)
@@ -170,7 +171,7 @@ class CVTuner(keras_tuner.Tuner):
         self._asked = False
         interrupt.check()
         super().on_trial_begin(trial)
-        done = self.completed()
+        done = None if self.concurrent else self.completed()
         self.progress.trial_start(trial.trial_id, trial.hyperparameters.values, None if done is None else done + 1,
                                   len(self.grid))
 

@@ -191,3 +191,12 @@ def test_a_task_that_fits_no_node_is_a_usage_error_not_a_wait(tmp_path, ray_env)
     assert r.returncode == 2, r.stderr
     assert "a fold task asks for 1 CPU and 1 GPU, but the cluster has" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
+    """With --fold-mode fused a trial's pending folds are one task; its records are the lone search's."""
+    grid = [*GRID, "--fold-mode", "fused", "--filters", "16,32", "--filters", "32,64"]
+    run_cli("search", *grid, "--threads", "1", "--directory", tmp_path, "--project", "lone", check=True)
+    run_cli("search", *grid, "--ray", "--directory", tmp_path, "--project", "ray", check=True)
+    assert len(by_point(tmp_path / "ray")) == 4
+    assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import MODELS, run_cli
 from test_resume import fold_records, start_cli, wait_for
 
 from tuner_app import reaper
@@ -199,4 +199,40 @@ def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
     run_cli("search", *grid, "--threads", "1", "--directory", tmp_path, "--project", "lone", check=True)
     run_cli("search", *grid, "--ray", "--directory", tmp_path, "--project", "ray", check=True)
     assert len(by_point(tmp_path / "ray")) == 4
+    assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
+
+
+def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
+    """`ray start --head` (as on a VM) with token authentication, then `--ray-address`: refused without
+    the token (one line), and with it the user's FILE.py travels inside the tasks."""
+    import secrets
+    import socket
+    import subprocess
+    import sys
+
+    model = tmp_path / "user_model.py"
+    shutil.copy(MODELS / "dense_net.py", model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    start = subprocess.run([*ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=False,
+                           capture_output=True, text=True, timeout=120, env={**os.environ, **token})
+    assert start.returncode == 0, start.stderr
+    try:
+        small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
+        args = [*small, "--ray-address", f"127.0.0.1:{port}"]
+        refused = run_cli("search", *args, "--ray", "--project", "ray", env={**os.environ, "RAY_AUTH_MODE": "token",
+                                                                             "RAY_AUTH_TOKEN": "0" * 64})
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "uses token authentication" in refused.stderr and not (tmp_path / "ray").exists()
+        for name, value in token.items():
+            monkeypatch.setenv(name, value)
+        run_cli("search", *args, "--ray", "--project", "ray", check=True)
+    finally:
+        subprocess.run([*ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+    run_cli("search", *small, "--threads", "1", "--project", "lone", check=True)
+    assert len(by_point(tmp_path / "ray")) == 3
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")

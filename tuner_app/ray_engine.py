@@ -65,17 +65,44 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
     else:
         kwargs["address"] = address
         _check_reachable(address)
+        for name in ("RAY_py_gcs_connect_timeout_s", "RAY_gcs_rpc_server_connect_timeout_s"):
+            os.environ.setdefault(name, "20")  # a refusal (e.g. a token missing) in 20 s, not Ray's minutes
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices would break the one-line messages
+    with tempfile.TemporaryFile() as native:
+        try:
+            # SIGTERM stops the search as a lone one stops, not by Ray's abort; Ray's native log lines
+            # (retries against a cluster that refuses us) are kept aside, for the one-line error.
+            with interrupt.kept(), _fd2_to(native):
+                ray.init(**kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever stops Ray from starting or connecting
+            native.seek(0)
+            raise UsageError(_connect_error(address, e, native.read().decode(errors="replace"))) from None
+    if address is None:
+        _local["reaper"] = reaper.watch()
+
+
+@contextlib.contextmanager
+def _fd2_to(sink):
+    """Native code's stderr (fd 2) into `sink` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
     try:
-        with interrupt.kept():  # SIGTERM stops the search as a lone one stops, not by Ray's abort
-            ray.init(**kwargs)
-        if address is None:
-            _local["reaper"] = reaper.watch()
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = address or "a local Ray"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--ray: cannot start or reach {where} ({first}); check --ray-address or RAY_ADDRESS "
-                         "(`ray status` on the head node prints it), or give neither for a local Ray") from None
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _connect_error(address: str | None, error: Exception, native: str) -> str:
+    """One line: why Ray did not start or connect, and what to do."""
+    where = address or "a local Ray"
+    if "InvalidAuthToken" in native or "Unauthenticated" in native or "Unauthenticated" in str(error):
+        return (f"--ray: {where} uses token authentication and refused this process; set RAY_AUTH_MODE=token and "
+                "its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"--ray: cannot start or reach {where} ({first}); check --ray-address or RAY_ADDRESS "
+            "(`ray status` on the head node prints it), or give neither for a local Ray")
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

@@ -236,3 +236,16 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
     run_cli("search", *small, "--threads", "1", "--project", "lone", check=True)
     assert len(by_point(tmp_path / "ray")) == 3
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
+
+
+def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path, ray_env):
+    model = f"{MODELS / 'broken.py'}:FailsInTraining"
+    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+                   "--epochs", "1", "--ray", "--directory", tmp_path, "--project", "f", "--quiet")
+    assert proc.returncode == 1
+    assert "1 trial(s) failed; trial 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    trial = json.loads((tmp_path / "f" / "trial_1" / "trial.json").read_text())
+    assert trial["status"] == "FAILED" and "broken.py" in trial["message"]
+    trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "f", "-f", "json").stdout)
+    assert sorted(t["status"] for t in trials) == ["COMPLETED", "FAILED"]  # the other point was scored

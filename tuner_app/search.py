@@ -146,6 +146,7 @@ def run_search(
     progress: Progress | None = None,
     reuse_models: bool | None = None,
     tensorboard: bool = False,
+    ray: RayConfig | None = None,
 ) -> Path:
     """Run (or resume) a grid search scored by stratified K-fold CV; return the project directory.
 
@@ -162,9 +163,10 @@ def run_search(
         progress: Listener for progress events.
         reuse_models: See `tuner_app.model_cache.ModelCache`; False builds a new model for every fold.
         tensorboard: Write TensorBoard logs per trial and fold (needs the tensorflow package).
+        ray: Run the folds as Ray tasks (`RayConfig()`: a local Ray; see `tuner_app.ray_engine`).
     """
     plan = plan_search(dataset, hypermodel, grid, cv, train_limit)
-    return run_plan(plan, directory, project, overwrite, progress, reuse_models, tensorboard)
+    return run_plan(plan, directory, project, overwrite, progress, reuse_models, tensorboard, ray=ray)
 
 
 def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: str = "default", overwrite: bool = False,

@@ -62,24 +62,17 @@ def ray_processes(where: str, title: str = "") -> list[int]:
 def wait_ray_gone(where: str, timeout: float = 30.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if not [p for p in ray_processes(where) if "pytest" not in _cmdline(p)]:
+        if not [p for p in ray_processes(where) if "pytest" not in reaper._cmdline(p)]:
             return True
         time.sleep(0.2)
     return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def ray_started_by(proc, timeout: float = 120.0) -> dict[int, str]:
     """{pid: start time} of the processes of the local Ray under the search `proc`, once its agents run."""
     def complete():
         found = reaper.ray_processes(proc.pid)
-        titles = " ".join(_cmdline(pid) for pid in found)
+        titles = " ".join(reaper._cmdline(pid) for pid in found)
         return found if all(t in titles for t in ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent")) else {}
 
     wait_for(complete, timeout, proc)
@@ -90,7 +83,7 @@ def still_running(processes: dict[int, str], timeout: float = 15.0) -> list[str]
     """Which of `processes` (pid: start time) are still there after `timeout` seconds."""
     end = time.monotonic() + timeout
     while True:
-        left = [f"{pid} {_cmdline(pid)}" for pid, start in processes.items() if reaper._stat(pid)
+        left = [f"{pid} {reaper._cmdline(pid)}" for pid, start in processes.items() if reaper._stat(pid)
                 and reaper._stat(pid)[1] == start]
         if not left or time.monotonic() > end:
             return left

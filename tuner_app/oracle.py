@@ -17,6 +17,7 @@ from tuner_app import state
 from tuner_app.grid import Grid
 
 RUNNING = trial_module.TrialStatus.RUNNING
+COMPLETED = trial_module.TrialStatus.COMPLETED
 FAILED = trial_module.TrialStatus.FAILED
 INVALID = trial_module.TrialStatus.INVALID
 

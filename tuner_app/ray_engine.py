@@ -34,12 +34,14 @@ from tuner_app import interrupt, reaper
 from tuner_app.errors import UsageError
 from tuner_app.folds import FoldStore, splits
 from tuner_app.models.checks import labels
+from tuner_app.oracle import COMPLETED, INVALID, RUNNING
 from tuner_app.progress import Progress
 from tuner_app.settings import RayConfig
 
 _local: dict = {}  # the reaper of a local Ray started here (tuner_app.reaper)
+_ADDRESS_HINT = ("check --ray-address or RAY_ADDRESS (`ray status` on the head node prints it), or give neither for "
+                 "a local Ray")
 TASK_NAME = "tuner-app-fold"  # what a busy Ray worker process shows as its title: ray::tuner-app-fold
-RUNNING = "RUNNING"
 
 
 def connect(config: RayConfig, backend: str, device: str) -> None:
@@ -101,8 +103,7 @@ def _connect_error(address: str | None, error: Exception, native: str) -> str:
         return (f"--ray: {where} uses token authentication and refused this process; set RAY_AUTH_MODE=token and "
                 "its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"--ray: cannot start or reach {where} ({first}); check --ray-address or RAY_ADDRESS "
-            "(`ray status` on the head node prints it), or give neither for a local Ray")
+    return f"--ray: cannot start or reach {where} ({first}); {_ADDRESS_HINT}"
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
@@ -113,8 +114,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise UsageError(f"--ray: cannot reach {address} ({e.strerror or e}); check --ray-address or RAY_ADDRESS "
-                         "(`ray status` on the head node prints it), or give neither for a local Ray") from None
+        raise UsageError(f"--ray: cannot reach {address} ({e.strerror or e}); {_ADDRESS_HINT}") from None
 
 
 def disconnect() -> None:
@@ -323,7 +323,7 @@ class RayEngine:
         """Report the trial's means to the oracle and end it, as KerasTuner's loop does."""
         tuner, trial = self.tuner, run.trial
         tuner.oracle.update_trial(trial.trial_id, metrics=run.store.means())
-        trial.status = "COMPLETED"
+        trial.status = COMPLETED
         self.progress.trial_focus(None)
         tuner.on_trial_end(trial)
 
@@ -337,7 +337,7 @@ class RayEngine:
                 del inflight[ref]
         running.pop(run.trial.trial_id, None)
         trial = run.trial
-        trial.status = "INVALID"
+        trial.status = INVALID
         trial.message = str(error)
         self.progress.trial_focus(None)
         self.tuner.on_trial_end(trial)
@@ -355,10 +355,9 @@ def _pickle_by_value(hypermodel) -> None:
     from ray import cloudpickle
 
     for obj in (hypermodel, getattr(hypermodel, "fn", None)):  # a HyperModel, or a build(hp) function's wrapper
-        name = getattr(obj, "__module__", None) if callable(obj) and not isinstance(obj, type) and \
-            hasattr(obj, "__code__") else type(obj).__module__
-        module = sys.modules.get(name or "")
-        if obj is not None and module is not None and not name.startswith(("tuner_app.", "keras", "builtins")):
+        name = getattr(obj, "__module__", None) or ""  # an instance's is its class's
+        module = sys.modules.get(name)
+        if module is not None and not name.startswith(("tuner_app.", "keras", "builtins")):
             cloudpickle.register_pickle_by_value(module)
 
 

@@ -70,6 +70,9 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         for name in ("RAY_py_gcs_connect_timeout_s", "RAY_gcs_rpc_server_connect_timeout_s"):
             os.environ.setdefault(name, "20")  # a refusal (e.g. a token missing) in 20 s, not Ray's minutes
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices would break the one-line messages
+    # The engine reads every result it needs; the others (the sibling folds of a failed trial,
+    # cancelled) are dropped on purpose: Ray would print their errors when it frees them.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     with tempfile.TemporaryFile() as native:
         try:
             # SIGTERM stops the search as a lone one stops, not by Ray's abort; Ray's native log lines

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from tuner_app import models
+from tuner_app.batches import fold_batches
 from tuner_app.data import one_hot, scale_images
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.model_cache import ModelCache
@@ -33,8 +34,9 @@ def test_a_folds_record_is_its_best_epoch_by_the_objective(small_dataset):
         assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record)
         # the same model trained again without early stopping: the record is its chosen epoch
         model = ModelCache(hm, reuse=False).fresh(hp, cv.seed + 1)
-        history = model.fit(x[:200], y[:200], validation_data=(x[200:], y[200:]), epochs=3, batch_size=128,
-                            verbose=0).history
+        data, follow = fold_batches(x[:200], y[:200], 128, cv.seed, 1)  # the fold's order (tests/test_batches.py)
+        history = model.fit(data, validation_data=(x[200:], y[200:]), epochs=3, validation_batch_size=128,
+                            shuffle=False, verbose=0, callbacks=[follow]).history
         pick = np.argmax if objective == "val_accuracy" else np.argmin
         best = int(pick(history[objective]))
         assert record["best_epoch"] == best + 1

@@ -11,6 +11,7 @@ from conftest import MODELS
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import report
+from tuner_app.batches import fold_batches
 from tuner_app.data import one_hot, scale_images, stratified_subset
 from tuner_app.errors import UsageError
 from tuner_app.models.seed import build_cnn
@@ -45,8 +46,9 @@ def test_every_point_completed_once_and_score_is_the_mean_of_its_folds(project):
 
 
 def test_the_seed_model_scores_folds_as_the_seed_notebooks_loop_does(small_dataset, tmp_path):
-    """The default model gives the fold scores of the plain K-fold loop the seed (and tuner-app before
-    --model) ran: StratifiedKFold(shuffle, seed), a fresh model seeded per fold, EarlyStopping."""
+    """The default model gives the fold scores of the seed notebook's plain K-fold loop:
+    StratifiedKFold(shuffle, seed), a fresh model seeded per fold, EarlyStopping, with the fold's
+    data in its seeded per-epoch order (`tuner_app.batches`, pinned by tests/test_batches.py)."""
     cv = CVConfig(folds=2, seed=42, epochs=2, batch_size=128, patience=3)
     pdir = run_search(small_dataset, "seed", {"filters": ["16,32"], "learning_rate": [0.001, 0.0005]}, cv, tmp_path,
                       "p", train_limit=300)
@@ -60,8 +62,9 @@ def test_the_seed_model_scores_folds_as_the_seed_notebooks_loop_does(small_datas
             keras.utils.set_random_seed(42 + k)
             model = build_cnn((28, 28, 1), 10, (16, 32), 120, lr)
             stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=3, restore_best_weights=True)
-            history = model.fit(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=2, batch_size=128, verbose=0,
-                                callbacks=[stop]).history
+            data, follow = fold_batches(x[tr], y[tr], 128, 42, k)
+            history = model.fit(data, validation_data=(x[va], y[va]), epochs=2, validation_batch_size=128,
+                                shuffle=False, verbose=0, callbacks=[follow, stop]).history
             best = int(np.argmax(history["val_accuracy"]))
             scores.append((history["val_accuracy"][best], history["val_loss"][best]))
     for r in report.load_results(pdir):

@@ -18,7 +18,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import interrupt, state
+from tuner_app.batches import fold_batches
 from tuner_app.model_cache import ModelCache
+from tuner_app.models.checks import own_fit
 from tuner_app.progress import Progress, epoch_callback
 from tuner_app.settings import CVConfig
 
@@ -62,7 +64,10 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
     """Train fold `k` (1-based) from its fresh model (seed `cv.seed + k`); return its record.
 
     The fit goes through `hypermodel.fit`, so a HyperModel that tunes its own training
-    (batch size, callbacks) does so here too.
+    (batch size, callbacks) does so here too. The fold's training rows come in its seeded
+    per-epoch order (`tuner_app.batches`, the fused member's order), except for a HyperModel
+    with its own `fit`, which gets the arrays (it may set the batch size) and Keras' shuffle;
+    under TensorFlow that shuffle repeats one order in every epoch of a seeded fold.
 
     Args:
         hypermodel: Builds and fits the model.
@@ -81,8 +86,15 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
     model = cache.fresh(hp, cv.seed + k)
     stop = keras.callbacks.EarlyStopping(monitor=cv.objective, mode=cv.direction, patience=cv.patience,
                                          restore_best_weights=True)
-    history = hypermodel.fit(hp, model, *train, validation_data=val, epochs=cv.epochs, batch_size=cv.batch_size,
-                             verbose=0, callbacks=[stop, epoch_callback(progress), interrupt.keras_callback(), *callbacks])
+    callbacks = [stop, epoch_callback(progress), interrupt.keras_callback(), *callbacks]
+    if own_fit(hypermodel):
+        history = hypermodel.fit(hp, model, *train, validation_data=val, epochs=cv.epochs, batch_size=cv.batch_size,
+                                 verbose=0, callbacks=callbacks)
+    else:
+        batches, follow = fold_batches(*train, cv.batch_size, cv.seed, k)
+        history = hypermodel.fit(hp, model, batches, validation_data=val, epochs=cv.epochs,
+                                 validation_batch_size=cv.batch_size, shuffle=False, verbose=0,
+                                 callbacks=[follow, *callbacks])
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or cv.objective not in logs:
         found = ", ".join(logs) if isinstance(logs, dict) else type(history).__name__

@@ -4,7 +4,7 @@ The trial's fold models ("members") are built exactly as the sequential path bui
 (fold k after `keras.utils.set_random_seed(seed + k)`), then wired side by side into one
 functional Keras model with an input and an output per member. One `fit` of that model
 trains every member at once: each step takes one batch of each member's own training fold
-(in its own shuffled order) and one optimizer updates every member's weights; the total
+(in its own per-epoch order, `tuner_app.batches`: the sequential fold's order) and one optimizer updates every member's weights; the total
 loss is the sum of the members' losses, so each member's gradients are its own (Adam and
 the other Keras optimizers update each variable by its own gradient only).
 
@@ -18,11 +18,11 @@ uninterrupted run.
 
 Works with any single-input, single-output model compiled with one loss (see
 `models.checks.fused_blocker`), through `hypermodel.fit` (a HyperModel's own `fit` must pass
-its data arguments through to `model.fit`; `--fold-mode auto` does not assume it does). Differences
-from the sequential path, all small (`tests/test_fused.py` bounds them): the data order
-(each member's own permutation per epoch instead of Keras' shuffle), a partial batch that
-comes first in an epoch rather than last, and the logged `loss` of a member (the mean of
-its compiled loss over its samples) leaves out weight penalties (`model.losses`).
+its data arguments through to `model.fit`; `--fold-mode auto` does not assume it does). A
+member sees the batches its sequential fold sees, so the two paths' records differ by
+float rounding only (`tests/test_fused.py` bounds it), except that the logged `loss` of a
+member (the mean of its compiled loss over its samples) leaves out weight penalties
+(`model.losses`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import keras_tuner
 import numpy as np
 
 from tuner_app import interrupt, models, state
+from tuner_app.batches import FoldBatches, FollowEpoch
 from tuner_app.folds import fold_record
 from tuner_app.model_cache import architecture_key
 from tuner_app.progress import Progress
@@ -166,76 +167,6 @@ class FusedModels:
         return model
 
 
-class FoldBatches(keras.utils.PyDataset):
-    """One batch of every member's fold per step; an epoch is the longest member's batches.
-
-    Member k's epoch e visits its indices in the order of `np.random.default_rng((seed, k, e))`
-    (`shuffle`) or as given; its partial batch comes first (so that the batch shapes Keras
-    samples to type a TensorFlow dataset vary); a member with fewer batches gets empty ones
-    at the end.
-
-    Args:
-        x: All images; y: all labels (in the form the loss takes).
-        indices: {k: the member's row indices}.
-        batch_size: Rows per member per step.
-        seed: Seed of the orders.
-        epoch: The epoch whose order the batches follow (training sets it at every epoch's start).
-        shuffle: Reorder every epoch (training) or not (validation).
-    """
-
-    def __init__(self, x, y, indices: dict[int, np.ndarray], batch_size: int, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True):
-        super().__init__()
-        self.x, self.y, self.indices, self.batch_size = x, y, indices, batch_size
-        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
-        self._order_epoch, self._orders = None, {}
-        self.steps = max(-(-len(i) // batch_size) for i in indices.values())
-
-    @property
-    def num_batches(self) -> int:
-        return self.steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def order(self, k: int, epoch: int) -> np.ndarray:
-        rows = self.indices[k]
-        return np.random.default_rng((self.seed, k, epoch)).permutation(rows) if self.shuffle else rows
-
-    def _batch_rows(self, k: int, step: int) -> np.ndarray:
-        if self._order_epoch != self.epoch:
-            self._orders, self._order_epoch = {m: self.order(m, self.epoch) for m in self.indices}, self.epoch
-        rows = self._orders[k]
-        first = len(rows) % self.batch_size or self.batch_size  # the partial batch first
-        start = 0 if step == 0 else first + (step - 1) * self.batch_size
-        return rows[start:first if step == 0 else start + self.batch_size]
-
-    def __getitem__(self, step: int):
-        rows = {k: self._batch_rows(k, step) for k in self.indices}
-        return ({f"{member_name(k)}_input": self.x[r] for k, r in rows.items()},
-                {member_name(k): self.y[r] for k, r in rows.items()})
-
-    def tf_dataset(self, x, y):
-        """The same batches as a tf.data pipeline (TensorFlow backend): Python yields only the row
-        indices, TensorFlow gathers the images from `x` and `y` (tensors of `self.x`, `self.y`); a
-        Python generator of whole batches ran epochs 2x slower."""
-        import tensorflow as tf
-
-        folds = list(self.indices)
-
-        def rows():
-            for step in range(self.steps):
-                yield tuple(self._batch_rows(k, step).astype(np.int64) for k in folds)
-
-        def gather(*r):
-            return ({f"{member_name(k)}_input": tf.gather(x, r[i]) for i, k in enumerate(folds)},
-                    {member_name(k): tf.gather(y, r[i]) for i, k in enumerate(folds)})
-
-        signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
-        dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
-        return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
-
-
 class Members:
     """What each member has done so far: history, early stopping, finished or not (saved with the state)."""
 
@@ -341,8 +272,9 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     if saved:
         tracker, start_epoch, elapsed = load_state(path, model, cv)
     started = time.perf_counter() - elapsed
-    train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch)
-    val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, cv.batch_size, shuffle=False)
+    train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch,
+                        name=member_name)
+    val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, cv.batch_size, shuffle=False, name=member_name)
     train_data, val_data = train, val
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -352,9 +284,6 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     progress.folds_start(tracker.active, cv.folds, cv.epochs, start_epoch)
 
     class _Members(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            train.epoch = epoch  # before Keras starts the epoch's pass over the data
-
         def on_epoch_end(self, epoch, logs=None):
             for k in tracker.active:
                 if tracker.update(k, member_logs(logs or {}, k), epoch):
@@ -369,8 +298,8 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
                 self.model.stop_training = True
 
     hypermodel.fit(hp, model, train_data, validation_data=val_data, epochs=cv.epochs, initial_epoch=start_epoch,
-                   shuffle=False, verbose=0, callbacks=[_Members(), interrupt.keras_callback()])
+                   shuffle=False, verbose=0, callbacks=[FollowEpoch(train), _Members(), interrupt.keras_callback()])
     path.unlink(missing_ok=True)
 
 
-__all__ = ["FoldBatches", "FusedModels", "Members", "fuse", "member_logs", "train_folds"]
+__all__ = ["FusedModels", "Members", "fuse", "member_logs", "train_folds"]

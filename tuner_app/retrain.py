@@ -20,8 +20,9 @@ from sklearn.metrics import confusion_matrix
 
 from tuner_app import data as data_mod
 from tuner_app import models, plots, report, state
+from tuner_app.batches import fold_batches
 from tuner_app.errors import DataError, DataWarning, UsageError
-from tuner_app.models.checks import label_form, labels
+from tuner_app.models.checks import label_form, labels, own_fit
 from tuner_app.progress import Progress, epoch_callback
 from tuner_app.settings import RetrainConfig
 
@@ -95,9 +96,8 @@ def retrain_best(
     progress.message(f"retraining trial {best['trial_id']} on {len(x)} images for {config.epochs} epochs")
     progress.fold_start(1, 1, config.epochs)
     start = time.perf_counter()
-    history = loaded.hypermodel.fit(hp, model, x, labels(dataset.y_train, form, classes), epochs=config.epochs,
-                                    batch_size=config.batch_size, validation_split=config.validation_split, verbose=0,
-                                    callbacks=[epoch_callback(progress)])
+    history = _fit(loaded.hypermodel, hp, model, x, labels(dataset.y_train, form, classes), config, seed,
+                   [epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
     test_metrics = model.evaluate(x_test, labels(dataset.y_test, form, classes), batch_size=config.batch_size,
                                   verbose=0, return_dict=True)
@@ -130,6 +130,22 @@ def retrain_best(
     plots.plot_confusion(confusion, pdir / state.CONFUSION_FILE)
     state.atomic_write_json(pdir / state.RETRAIN_FILE, result)
     return result
+
+
+def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, config: RetrainConfig, seed: int,
+         callbacks: list):
+    """`hypermodel.fit` as `model.fit(x, y, validation_split=...)` splits (the last rows validate), the
+    training rows in a new seeded order every epoch (`tuner_app.batches`, "fold" 0); a HyperModel
+    with its own `fit` gets the arrays and Keras' shuffle."""
+    if own_fit(hypermodel):
+        return hypermodel.fit(hp, model, x, y, epochs=config.epochs, batch_size=config.batch_size,
+                              validation_split=config.validation_split, verbose=0, callbacks=callbacks)
+    split_at = int(np.floor(len(x) * (1.0 - config.validation_split)))  # Keras' own split
+    batches, follow = fold_batches(x[:split_at], y[:split_at], config.batch_size, seed, 0)
+    val = (x[split_at:], y[split_at:]) if split_at < len(x) else None
+    return hypermodel.fit(hp, model, batches, validation_data=val, epochs=config.epochs,
+                          validation_batch_size=config.batch_size, shuffle=False, verbose=0,
+                          callbacks=[follow, *callbacks])
 
 
 def _same_data(dataset: data_mod.Dataset, searched: dict) -> bool:

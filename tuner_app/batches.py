@@ -1,0 +1,126 @@
+"""The order training data comes in: each fold's own seeded permutation, new in every epoch.
+
+Fold k's epoch e visits its training rows in the order of `np.random.default_rng((seed, k, e))`,
+on every backend and in both fold modes, so a sequential fold and the same fold fused see the
+same batches (and the retrain, "fold" 0, its own order).
+
+Why not Keras' `shuffle=True`: tuner-app seeds every fold (`keras.utils.set_random_seed`) so
+that its records are reproducible, and once TensorFlow's global seed is set, Keras' array
+adapter (`tf.random.shuffle` inside a `tf.data` map) draws the same permutation in every epoch
+(each epoch's iterator restarts the seeded op: TensorFlow issue 35682). Under JAX and PyTorch
+Keras reshuffles, but in its own order, not the fused path's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+
+class FoldBatches(keras.utils.PyDataset):
+    """One batch of every fold's rows per step; an epoch is the longest fold's batches.
+
+    The partial batch of an epoch comes first (so that the batch shapes Keras samples to type a
+    TensorFlow dataset vary); a fold with fewer batches gets empty ones at the end.
+
+    Args:
+        x: All images; y: all labels (in the form the loss takes).
+        indices: {k: the fold's training row indices}.
+        batch_size: Rows per fold per step.
+        seed: Seed of the orders.
+        epoch: The epoch whose order the batches follow (`FollowEpoch` sets it at every epoch's start).
+        shuffle: Reorder every epoch (training) or not (validation).
+        name: Fold k's input and output name (`x` and `y` are dicts of them, for a fused model);
+            None: one fold, `x` and `y` plain arrays (for one model).
+    """
+
+    def __init__(self, x, y, indices: dict[int, np.ndarray], batch_size: int, seed: int = 0, epoch: int = 0,
+                 shuffle: bool = True, name: Callable[[int], str] | None = None):
+        super().__init__()
+        if name is None and len(indices) != 1:
+            raise ValueError(f"plain batches are of one fold, not {len(indices)}")
+        self.x, self.y, self.indices, self.batch_size = x, y, indices, batch_size
+        self.seed, self.epoch, self.shuffle, self.name = seed, epoch, shuffle, name
+        self._order_epoch, self._orders = None, {}
+        self.steps = max(-(-len(i) // batch_size) for i in indices.values())
+
+    @property
+    def num_batches(self) -> int:
+        return self.steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def order(self, k: int, epoch: int) -> np.ndarray:
+        rows = self.indices[k]
+        return np.random.default_rng((self.seed, k, epoch)).permutation(rows) if self.shuffle else rows
+
+    def _batch_rows(self, k: int, step: int) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            self._orders, self._order_epoch = {m: self.order(m, self.epoch) for m in self.indices}, self.epoch
+        rows = self._orders[k]
+        first = len(rows) % self.batch_size or self.batch_size  # the partial batch first
+        start = 0 if step == 0 else first + (step - 1) * self.batch_size
+        return rows[start:first if step == 0 else start + self.batch_size]
+
+    def _structure(self, rows: dict[int, object], take_x, take_y):
+        """(inputs, targets) of one step from each fold's rows."""
+        if self.name is None:
+            (r,) = rows.values()
+            return take_x(r), take_y(r)
+        return ({f"{self.name(k)}_input": take_x(r) for k, r in rows.items()},
+                {self.name(k): take_y(r) for k, r in rows.items()})
+
+    def __getitem__(self, step: int):
+        return self._structure({k: self._batch_rows(k, step) for k in self.indices}, self.x.__getitem__,
+                               self.y.__getitem__)
+
+    def tf_dataset(self, x, y):
+        """The same batches as a tf.data pipeline (TensorFlow backend): Python yields only the row
+        indices, TensorFlow gathers the images from `x` and `y` (tensors of `self.x`, `self.y`); a
+        Python generator of whole batches ran epochs 2x slower."""
+        import tensorflow as tf
+
+        folds = list(self.indices)
+
+        def rows():
+            for step in range(self.steps):
+                yield tuple(self._batch_rows(k, step).astype(np.int64) for k in folds)
+
+        def gather(*r):
+            return self._structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i))
+
+        signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
+        dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
+        return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
+
+    def for_fit(self):
+        """What to give `fit`: these batches, or under TensorFlow their tf.data pipeline."""
+        if keras.backend.backend() != "tensorflow":
+            return self
+        import tensorflow as tf
+
+        return self.tf_dataset(tf.constant(self.x), tf.constant(self.y))
+
+
+class FollowEpoch(keras.callbacks.Callback):
+    """Sets the batches' epoch before Keras starts each epoch's pass over them."""
+
+    def __init__(self, batches: FoldBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.epoch = epoch
+
+
+def fold_batches(x, y, batch_size: int, seed: int, k: int) -> tuple[object, FollowEpoch]:
+    """Fold k's training data (all of `x`, `y`) in its seeded per-epoch order, as `fit` takes it,
+    and the callback that moves it from epoch to epoch."""
+    batches = FoldBatches(x, y, {k: np.arange(len(x))}, batch_size, seed)
+    return batches.for_fit(), FollowEpoch(batches)
+
+
+__all__ = ["FoldBatches", "FollowEpoch", "fold_batches"]

@@ -1,6 +1,9 @@
 """The training data's order: every epoch a new seeded permutation of the fold, the same for both fold
 modes and on every backend, and a seeded Keras fit really follows it from epoch to epoch."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 
@@ -70,3 +73,17 @@ def test_a_seeded_fit_takes_a_new_order_in_every_epoch():
     model.fit(data, epochs=3, shuffle=False, verbose=0, callbacks=[follow, Record()])
     assert [epoch for epoch, _ in seen] == [0, 1, 2]
     assert len({order for _, order in seen}) == 3
+
+
+def test_a_folds_images_are_freed_after_its_fit():
+    """TensorFlow keeps every `from_generator` generator for the rest of the process; a fold's
+    batches (and their copy of its images) must not stay with it, or every fold leaks its images."""
+    x, y = np.zeros((32, 2), dtype="float32"), np.arange(32) % 2
+    data, follow = fold_batches(x, y, batch_size=16, seed=42, k=1)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[follow])
+    batches = weakref.ref(follow.batches)
+    del data, follow
+    gc.collect()
+    assert batches() is None

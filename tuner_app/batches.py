@@ -13,6 +13,7 @@ Keras reshuffles, but in its own order, not the fused path's.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import keras
@@ -80,21 +81,28 @@ class FoldBatches(keras.utils.PyDataset):
     def tf_dataset(self, x, y):
         """The same batches as a tf.data pipeline (TensorFlow backend): Python yields only the row
         indices, TensorFlow gathers the images from `x` and `y` (tensors of `self.x`, `self.y`); a
-        Python generator of whole batches ran epochs 2x slower."""
+        Python generator of whole batches ran epochs 2x slower.
+
+        TensorFlow keeps every `from_generator` generator for the rest of the process, so the
+        generator holds these batches (and their images) by a weak reference only and the
+        returned dataset holds them strongly: a fold's images are freed after its fit."""
         import tensorflow as tf
 
-        folds = list(self.indices)
+        folds, batches = list(self.indices), weakref.ref(self)
 
         def rows():
-            for step in range(self.steps):
-                yield tuple(self._batch_rows(k, step).astype(np.int64) for k in folds)
+            this = batches()
+            for step in range(this.steps):
+                yield tuple(this._batch_rows(k, step).astype(np.int64) for k in folds)
 
         def gather(*r):
             return self._structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i))
 
         signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
         dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
-        return dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
+        dataset.fold_batches = self
+        return dataset
 
     def for_fit(self):
         """What to give `fit`: these batches, or under TensorFlow their tf.data pipeline."""

@@ -46,7 +46,7 @@ def test_fused_member_batches_are_the_sequential_folds():
 
 def test_what_fit_gets_holds_the_same_batches_on_every_backend():
     x = np.arange(30, dtype="float32").reshape(10, 3)
-    data, follow = fold_batches(x, np.arange(10), batch_size=4, seed=1, k=2)
+    data, follow = fold_batches(x, np.arange(10), np.arange(10), batch_size=4, seed=1, k=2)
     for epoch in (0, 1):
         follow.on_epoch_begin(epoch)
         expected = FoldBatches(x, np.arange(10), {2: np.arange(10)}, 4, seed=1, epoch=epoch)
@@ -61,7 +61,7 @@ def test_a_seeded_fit_takes_a_new_order_in_every_epoch():
     one permutation in every epoch. Here each epoch of a real fit consumes that epoch's order."""
     keras.utils.set_random_seed(43)
     x, y = np.random.default_rng(0).random((64, 2)).astype("float32"), np.arange(64) % 2
-    data, follow = fold_batches(x, y, batch_size=16, seed=42, k=1)
+    data, follow = fold_batches(x, y, np.arange(64), batch_size=16, seed=42, k=1)
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -79,7 +79,7 @@ def test_a_folds_images_are_freed_after_its_fit():
     """TensorFlow keeps every `from_generator` generator for the rest of the process; a fold's
     batches (and their copy of its images) must not stay with it, or every fold leaks its images."""
     x, y = np.zeros((32, 2), dtype="float32"), np.arange(32) % 2
-    data, follow = fold_batches(x, y, batch_size=16, seed=42, k=1)
+    data, follow = fold_batches(x, y, np.arange(32), batch_size=16, seed=42, k=1)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
     model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[follow])
@@ -87,3 +87,14 @@ def test_a_folds_images_are_freed_after_its_fit():
     del data, follow
     gc.collect()
     assert batches() is None
+
+
+def test_every_fold_gathers_from_one_copy_of_the_images_while_they_live():
+    from tuner_app import batches
+
+    x = np.zeros((8, 2), dtype="float32")
+    assert batches.as_tensor(x) is batches.as_tensor(x)
+    key = id(x)
+    del x
+    gc.collect()
+    assert key not in batches._TENSORS

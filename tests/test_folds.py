@@ -29,12 +29,12 @@ def test_a_folds_record_is_its_best_epoch_by_the_objective(small_dataset):
     x, y = scale_images(small_dataset.x_train[:300]), one_hot(small_dataset.y_train[:300], 10)
     for objective in ("val_accuracy", "val_loss"):
         cv = CVConfig(folds=2, epochs=3, patience=3, objective=objective)
-        record = train_fold(hm, ModelCache(hm, reuse=False), cv, hp, 1, (x[:200], y[:200]), (x[200:], y[200:]))
+        record = train_fold(hm, ModelCache(hm, reuse=False), cv, hp, 1, x, y, (np.arange(200), np.arange(200, 300)))
         assert record["epochs"] == 3 and 1 <= record["best_epoch"] <= 3 and record["train_size"] == 200
         assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(record)
         # the same model trained again without early stopping: the record is its chosen epoch
         model = ModelCache(hm, reuse=False).fresh(hp, cv.seed + 1)
-        data, follow = fold_batches(x[:200], y[:200], 128, cv.seed, 1)  # the fold's order (tests/test_batches.py)
+        data, follow = fold_batches(x, y, np.arange(200), 128, cv.seed, 1)  # the fold's order (tests/test_batches.py)
         history = model.fit(data, validation_data=(x[200:], y[200:]), epochs=3, validation_batch_size=128,
                             shuffle=False, verbose=0, callbacks=[follow]).history
         pick = np.argmax if objective == "val_accuracy" else np.argmin

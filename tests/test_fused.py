@@ -56,8 +56,7 @@ def test_a_member_trains_as_its_sequential_fold(folds_data, tmp_path):
     together = fused_records(x, y, split, cv, tmp_path=tmp_path)
     hp = models.hyperparameters(SEED_POINT)
     for k in (1, 2, 3):
-        tr, va = split[k - 1]
-        alone = train_fold(SeedCNN(), ModelCache(SeedCNN(), reuse=False), cv, hp, k, (x[tr], y[tr]), (x[va], y[va]))
+        alone = train_fold(SeedCNN(), ModelCache(SeedCNN(), reuse=False), cv, hp, k, x, y, split[k - 1])
         assert together[k]["epochs"] == alone["epochs"] and together[k]["best_epoch"] == alone["best_epoch"]
         for name in METRICS:
             assert together[k][name] == pytest.approx(alone[name], abs=2e-4), (k, name)

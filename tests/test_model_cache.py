@@ -45,8 +45,8 @@ def test_the_default_cache_gives_the_fold_scores_of_fresh_models(small_dataset, 
     scores = {}
     for reuse in (False, None):
         cache = ModelCache(hypermodel, precision, reuse=reuse)
-        scores[reuse] = [train_fold(hypermodel, cache, cv, models.hyperparameters(p), k, (x[:150], y[:150]),
-                                    (x[150:], y[150:]))["val_loss"] for p in points for k in (1, 2)]
+        scores[reuse] = [train_fold(hypermodel, cache, cv, models.hyperparameters(p), k, x, y,
+                                    (np.arange(150), np.arange(150, len(x))))["val_loss"] for p in points for k in (1, 2)]
         assert (cache._model is not None) == (reuse is None and keras.backend.backend() == "tensorflow")
     np.testing.assert_allclose(scores[None], scores[False], rtol=1e-5, atol=1e-6)
 

@@ -62,7 +62,7 @@ def test_the_seed_model_scores_folds_as_the_seed_notebooks_loop_does(small_datas
             keras.utils.set_random_seed(42 + k)
             model = build_cnn((28, 28, 1), 10, (16, 32), 120, lr)
             stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=3, restore_best_weights=True)
-            data, follow = fold_batches(x[tr], y[tr], 128, 42, k)
+            data, follow = fold_batches(x, y, tr, 128, 42, k)
             history = model.fit(data, validation_data=(x[va], y[va]), epochs=2, validation_batch_size=128,
                                 shuffle=False, verbose=0, callbacks=[follow, stop]).history
             best = int(np.argmax(history["val_accuracy"]))

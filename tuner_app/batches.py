@@ -108,9 +108,22 @@ class FoldBatches(keras.utils.PyDataset):
         """What to give `fit`: these batches, or under TensorFlow their tf.data pipeline."""
         if keras.backend.backend() != "tensorflow":
             return self
+        return self.tf_dataset(as_tensor(self.x), as_tensor(self.y))
+
+
+_TENSORS: dict[int, object] = {}
+
+
+def as_tensor(a: np.ndarray):
+    """One TensorFlow copy of the array `a` for as long as `a` lives: every fold and trial of a search
+    gathers its batches from the same copy of the images instead of copying its rows each time."""
+    key = id(a)
+    if key not in _TENSORS:
         import tensorflow as tf
 
-        return self.tf_dataset(tf.constant(self.x), tf.constant(self.y))
+        _TENSORS[key] = tf.constant(a)
+        weakref.finalize(a, _TENSORS.pop, key, None)
+    return _TENSORS[key]
 
 
 class FollowEpoch(keras.callbacks.Callback):
@@ -124,11 +137,16 @@ class FollowEpoch(keras.callbacks.Callback):
         self.batches.epoch = epoch
 
 
-def fold_batches(x, y, batch_size: int, seed: int, k: int) -> tuple[object, FollowEpoch]:
-    """Fold k's training data (all of `x`, `y`) in its seeded per-epoch order, as `fit` takes it,
-    and the callback that moves it from epoch to epoch."""
-    batches = FoldBatches(x, y, {k: np.arange(len(x))}, batch_size, seed)
+def fold_batches(x, y, rows: np.ndarray, batch_size: int, seed: int, k: int) -> tuple[object, FollowEpoch]:
+    """Fold k's training rows of `x`, `y` in its seeded per-epoch order, as `fit` takes it, and the
+    callback that moves it from epoch to epoch."""
+    batches = FoldBatches(x, y, {k: rows}, batch_size, seed)
     return batches.for_fit(), FollowEpoch(batches)
 
 
-__all__ = ["FoldBatches", "FollowEpoch", "fold_batches"]
+def fold_rows(x, y, rows: np.ndarray, batch_size: int):
+    """Rows of `x`, `y` in their order, as `fit` takes them (validation data)."""
+    return FoldBatches(x, y, {0: rows}, batch_size, shuffle=False).for_fit()
+
+
+__all__ = ["FoldBatches", "FollowEpoch", "as_tensor", "fold_batches", "fold_rows"]

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import interrupt, state
-from tuner_app.batches import fold_batches
+from tuner_app.batches import fold_batches, fold_rows
 from tuner_app.model_cache import ModelCache
 from tuner_app.models.checks import own_fit
 from tuner_app.progress import Progress, epoch_callback
@@ -60,14 +60,16 @@ class FoldStore:
 
 
 def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConfig, hp: keras_tuner.HyperParameters,
-               k: int, train: tuple, val: tuple, progress: Progress | None = None, callbacks: list = ()) -> dict:
+               k: int, x: np.ndarray, y: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+               progress: Progress | None = None, callbacks: list = ()) -> dict:
     """Train fold `k` (1-based) from its fresh model (seed `cv.seed + k`); return its record.
 
     The fit goes through `hypermodel.fit`, so a HyperModel that tunes its own training
     (batch size, callbacks) does so here too. The fold's training rows come in its seeded
-    per-epoch order (`tuner_app.batches`, the fused member's order), except for a HyperModel
-    with its own `fit`, which gets the arrays (it may set the batch size) and Keras' shuffle;
-    under TensorFlow that shuffle repeats one order in every epoch of a seeded fold.
+    per-epoch order (`tuner_app.batches`, the fused member's order), gathered from one copy of
+    `x` that every fold shares, except for a HyperModel with its own `fit`, which gets the
+    fold's arrays (it may set the batch size) and Keras' shuffle; under TensorFlow that shuffle
+    repeats one order in every epoch of a seeded fold.
 
     Args:
         hypermodel: Builds and fits the model.
@@ -75,32 +77,32 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
         cv: Epochs, batch size, patience, objective.
         hp: The trial's hyperparameters.
         k: The fold number.
-        train: (x, y) to fit on.
-        val: (x, y) to validate on.
+        x, y: All training images and labels (labels in the loss's form).
+        split: The fold's (training, validation) row indices.
         progress: Listener for epoch events.
         callbacks: More Keras callbacks (TensorBoard).
     """
     progress = progress or Progress()
     progress.fold_start(k, cv.folds, cv.epochs)
     start = time.perf_counter()
+    tr, va = split
     model = cache.fresh(hp, cv.seed + k)
     stop = keras.callbacks.EarlyStopping(monitor=cv.objective, mode=cv.direction, patience=cv.patience,
                                          restore_best_weights=True)
     callbacks = [stop, epoch_callback(progress), interrupt.keras_callback(), *callbacks]
     if own_fit(hypermodel):
-        history = hypermodel.fit(hp, model, *train, validation_data=val, epochs=cv.epochs, batch_size=cv.batch_size,
-                                 verbose=0, callbacks=callbacks)
+        history = hypermodel.fit(hp, model, x[tr], y[tr], validation_data=(x[va], y[va]), epochs=cv.epochs,
+                                 batch_size=cv.batch_size, verbose=0, callbacks=callbacks)
     else:
-        batches, follow = fold_batches(*train, cv.batch_size, cv.seed, k)
-        history = hypermodel.fit(hp, model, batches, validation_data=val, epochs=cv.epochs,
-                                 validation_batch_size=cv.batch_size, shuffle=False, verbose=0,
-                                 callbacks=[follow, *callbacks])
+        batches, follow = fold_batches(x, y, tr, cv.batch_size, cv.seed, k)
+        history = hypermodel.fit(hp, model, batches, validation_data=fold_rows(x, y, va, cv.batch_size),
+                                 epochs=cv.epochs, shuffle=False, verbose=0, callbacks=[follow, *callbacks])
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or cv.objective not in logs:
         found = ", ".join(logs) if isinstance(logs, dict) else type(history).__name__
         raise RuntimeError(f"the fold's history has no {cv.objective!r} (it has: {found}); fit must return "
                            "model.fit's History and the model must compute the objective")
-    return fold_record(k, logs, cv, len(train[0]), len(val[0]), time.perf_counter() - start)
+    return fold_record(k, logs, cv, len(tr), len(va), time.perf_counter() - start)
 
 
 def fold_record(k: int, logs: dict[str, list[float]], cv: CVConfig, train_size: int, val_size: int,

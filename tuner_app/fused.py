@@ -275,12 +275,7 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch,
                         name=member_name)
     val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, cv.batch_size, shuffle=False, name=member_name)
-    train_data, val_data = train, val
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tensors = tf.constant(x), tf.constant(y)
-        train_data, val_data = train.tf_dataset(*tensors), val.tf_dataset(*tensors)
+    train_data, val_data = train.for_fit(), val.for_fit()  # (TensorFlow: one copy of x for every trial)
     progress.folds_start(tracker.active, cv.folds, cv.epochs, start_epoch)
 
     class _Members(keras.callbacks.Callback):

@@ -207,8 +207,7 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
     progress = _Relay(queue, trial_id)
     if cv.fold_mode != "fused":
         (k,) = folds
-        tr, va = fold_splits[k - 1]
-        return [train_fold(hypermodel, caches["fold"], cv, hp, k, (x[tr], y[tr]), (x[va], y[va]), progress)]
+        return [train_fold(hypermodel, caches["fold"], cv, hp, k, x, y, fold_splits[k - 1], progress)]
     records = []
     trial_dir = tempfile.mkdtemp(prefix="tuner-app-fused-")  # the per-epoch checkpoint: this worker's own
     try:

@@ -100,10 +100,9 @@ class CVTuner(keras_tuner.Tuner):
             return store.means()
         for k in pending:
             interrupt.check()
-            tr, va = self._splits[k - 1]
             callbacks = self._tensorboard(trial, k) if self.tensorboard else []
-            record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, (x[tr], y_fit[tr]),
-                                (x[va], y_fit[va]), self.progress, callbacks)
+            record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, x, y_fit,
+                                self._splits[k - 1], self.progress, callbacks)
             store.add(record)
             self.progress.fold_end(record, self.cv.folds)
         return store.means()

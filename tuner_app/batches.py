@@ -93,7 +93,7 @@ class FoldBatches(keras.utils.PyDataset):
         def rows():
             this = batches()
             for step in range(this.steps):
-                yield tuple(this._batch_rows(k, step).astype(np.int64) for k in folds)
+                yield tuple(this._batch_rows(k, step).astype(np.int64, copy=False) for k in folds)
 
         def gather(*r):
             return self._structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i))

@@ -4,9 +4,10 @@ The trial's fold models ("members") are built exactly as the sequential path bui
 (fold k after `keras.utils.set_random_seed(seed + k)`), then wired side by side into one
 functional Keras model with an input and an output per member. One `fit` of that model
 trains every member at once: each step takes one batch of each member's own training fold
-(in its own per-epoch order, `tuner_app.batches`: the sequential fold's order) and one optimizer updates every member's weights; the total
-loss is the sum of the members' losses, so each member's gradients are its own (Adam and
-the other Keras optimizers update each variable by its own gradient only).
+(in its sequential fold's per-epoch order, `tuner_app.batches`) and one optimizer updates
+every member's weights; the total loss is the sum of the members' losses, so each member's
+gradients are its own (Adam and the other Keras optimizers update each variable by its own
+gradient only).
 
 Per member, as in the sequential path: its own validation fold, its own early stopping on
 the objective (a member that stops keeps computing but its later epochs do not count: its

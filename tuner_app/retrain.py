@@ -142,8 +142,7 @@ def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, confi
                               validation_split=config.validation_split, verbose=0, callbacks=callbacks)
     split_at = int(np.floor(len(x) * (1.0 - config.validation_split)))  # Keras' own split
     batches, follow = fold_batches(x, y, np.arange(split_at), config.batch_size, seed, 0)
-    val = (x[split_at:], y[split_at:]) if split_at < len(x) else None
-    return hypermodel.fit(hp, model, batches, validation_data=val, epochs=config.epochs,
+    return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
                           validation_batch_size=config.batch_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])
 

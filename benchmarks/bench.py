@@ -36,7 +36,7 @@ SEED_PIPELINE = ROOT / "benchmarks" / "seed_pipeline.py"
 SEED_PIPELINE_SHA256 = "2fe02b73219921bd71a0e87f2c661d903d22fa7c71a4ddda558cf9a2026093fb"
 SAMPLE = ROOT / "tuner_app" / "datasets" / "mnist_sample"  # IDX files: --dry-run's data
 sys.path.insert(0, str(ROOT))
-from tuner_app import report
+from tuner_app import device, report
 
 WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
     "tiny": (600, 1, 1),  # --dry-run's (with 2 folds): checks the script end to end in seconds
@@ -63,15 +63,8 @@ def run(cmd: list[str], env: dict) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+    """The CPU (model, family/model, its bfloat16 units: what `--precision auto` rests on), cores, OS."""
+    return f"{device.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def seed_run(args, limit, epochs, final, env) -> dict:

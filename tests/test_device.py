@@ -15,27 +15,38 @@ def test_explicit_precision_is_taken_as_asked():
     assert precision("mixed", info) == "mixed_bfloat16"
 
 
-@pytest.mark.parametrize(("flags", "backend", "expected"), [
-    ({"avx512f", "amx_bf16", "avx512_bf16"}, "jax", "mixed_bfloat16"),  # AMX: every backend
-    ({"avx512f", "avx512_bf16"}, "tensorflow", "mixed_bfloat16"),  # AVX512_BF16 only: where measured faster
-    ({"avx512f", "avx512_bf16"}, "torch", "mixed_bfloat16"),
-    ({"avx512f", "avx512_bf16"}, "jax", "float32"),
-    ({"avx512f", "avx2"}, "tensorflow", "float32"),
-    (set(), "tensorflow", "float32"),
+AMD, INTEL = "AuthenticAMD", "GenuineIntel"
+
+
+@pytest.mark.parametrize(("vendor", "flags", "backend", "expected"), [
+    (INTEL, {"avx512f", "amx_bf16", "avx512_bf16"}, "jax", "mixed_bfloat16"),  # AMX: every backend
+    (AMD, {"avx512f", "avx512_bf16"}, "tensorflow", "mixed_bfloat16"),  # AMD AVX512_BF16: where measured faster
+    (AMD, {"avx512f", "avx512_bf16"}, "torch", "mixed_bfloat16"),
+    (AMD, {"avx512f", "avx512_bf16"}, "jax", "float32"),
+    (INTEL, {"avx512f", "avx512_bf16", "avx512_fp16"}, "tensorflow", "float32"),  # no AMX in sight: measured slower
+    (INTEL, {"avx512f", "avx512_bf16", "avx512_fp16"}, "torch", "float32"),
+    (INTEL, {"avx512f", "avx2"}, "tensorflow", "float32"),
+    ("", set(), "tensorflow", "float32"),
 ])
-def test_auto_precision_on_cpu_follows_the_cpus_bfloat16_support(monkeypatch, flags, backend, expected):
+def test_auto_precision_on_cpu_follows_what_was_measured_on_the_cpus_kind(monkeypatch, vendor, flags, backend, expected):
     from tuner_app import device
 
-    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    cpu = device.Cpu(vendor=vendor, model="", family_model="", flags=frozenset(flags))
+    monkeypatch.setattr(device, "cpu_info", lambda: cpu)
     assert precision("auto", {"backend": backend, "device": "cpu", "gpus": []}) == expected
 
 
-def test_cpu_flags_are_read_from_this_machine():
-    from tuner_app.device import cpu_flags
+def test_the_cpu_is_read_from_this_machines_first_processor():
+    from tuner_app.device import cpu_info
 
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    first = next((line for line in lines if line.startswith("flags")), None)
-    assert cpu_flags() == (set(first.split(":", 1)[1].split()) if first else set())
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    first = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.split("\n\n")[0].splitlines())}
+    cpu = cpu_info()
+    assert cpu.flags == frozenset(first.get("flags", "").split())
+    assert (cpu.vendor, cpu.model) == (first.get("vendor_id", ""), first.get("model name", ""))
+    if first:
+        assert cpu.family_model == f"{first['cpu family']}/{first['model']}"
+        assert cpu.model in cpu.describe() and ("no AMX" in cpu.describe()) == ("amx_bf16" not in cpu.flags)
 
 
 def test_unknown_precision_is_a_usage_error():

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 from tuner_app.errors import UsageError
 
@@ -169,12 +171,14 @@ def resolve(device: str = "auto") -> dict:
 def resolve_precision(requested: str, info: dict) -> str:
     """The Keras dtype policy to train with: "float32" or "mixed_bfloat16".
 
-    `auto` takes bfloat16 arithmetic (float32 weights) where the hardware runs it natively
-    and measurably faster: a GPU of compute capability 8.0 or newer (A100, H100, ...); a CPU
-    with AMX-BF16 matrix units (Intel Sapphire Rapids and newer); a CPU with AVX512_BF16
-    but no AMX (AMD Zen 4 and newer, Intel Cooper Lake) under TensorFlow or PyTorch, where
-    the seed's searches ran 1.3-1.4x faster (README's benchmark rows; JAX, unmeasured
-    there, stays float32). Everywhere else float32.
+    `auto` takes bfloat16 arithmetic (float32 weights) where it was measured faster: a GPU of
+    compute capability 8.0 or newer (A100, H100, ...); a CPU with AMX-BF16 matrix units (Intel
+    Sapphire Rapids and newer, where the VM shows them), every backend; an AMD CPU with
+    AVX512_BF16 (Zen 4 and newer) under TensorFlow or PyTorch, where the seed's searches ran
+    1.3-1.4x faster. An Intel CPU with AVX512_BF16 but no AMX in sight (a 5th-generation Xeon
+    whose VM hides AMX) ran an epoch 1.5-1.9x slower in bfloat16 under TensorFlow and 1.05x
+    slower under PyTorch, so it stays float32, as do JAX on AVX512_BF16 (unmeasured) and
+    everything else (README's "Precision").
 
     Args:
         requested: "auto", "float32" or "mixed".
@@ -219,22 +223,47 @@ def _gpus_have_bf16() -> bool:
     return bool(caps) and min(caps) >= 8.0
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty elsewhere)."""
+class Cpu(NamedTuple):
+    """What /proc/cpuinfo says of the first CPU (empty strings and no flags elsewhere)."""
+
+    vendor: str  # "GenuineIntel", "AuthenticAMD", ...
+    model: str  # "model name", e.g. "AMD EPYC 9R14"
+    family_model: str  # "6/207": a CPU generation ("model name" is often generic in a VM)
+    flags: frozenset[str]
+
+    def describe(self) -> str:
+        """The model and what the precision choice rests on, e.g. "... (6/207; AVX512_BF16, no AMX)"."""
+        isa = ["AMX-BF16" if "amx_bf16" in self.flags else None,
+               "AVX512_BF16" if "avx512_bf16" in self.flags else None]
+        isa = [i for i in isa if i] + ([] if "amx_bf16" in self.flags else ["no AMX"])
+        return f"{self.model or platform.machine()} ({self.family_model or '?'}; {', '.join(isa)})"
+
+
+def cpu_info() -> Cpu:
+    """This machine's CPU as /proc/cpuinfo gives its first processor (empty fields elsewhere)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break  # the first processor's block ends
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return set()
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    return Cpu(vendor=fields.get("vendor_id", ""), model=fields.get("model name", ""),
+               family_model=f"{family}/{model}" if family and model else "",
+               flags=frozenset(fields.get("flags", "").split()))
 
 
 def _cpu_bf16(backend: str | None) -> bool:
     """Whether bfloat16 training is faster than float32 on this CPU with `backend` (see `resolve_precision`)."""
-    flags = cpu_flags()
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and (backend or "tensorflow") in ("tensorflow", "torch"))
+    cpu = cpu_info()
+    if "amx_bf16" in cpu.flags:
+        return True
+    return ("avx512_bf16" in cpu.flags and cpu.vendor == "AuthenticAMD"
+            and (backend or "tensorflow") in ("tensorflow", "torch"))
 
 
 def _gpu_has_bf16(backend: str) -> bool:

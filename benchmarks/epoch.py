@@ -4,8 +4,9 @@
     python benchmarks/epoch.py --backend torch --model extended --images 6000
 
 Times one epoch (after a warm-up epoch on a few batches) of every architecture of the preset's
-grid, on the first N training images, in float32 and in mixed bfloat16, in this process, and
-writes benchmarks/results/epoch-<model>-<backend>-<date>.json. Run one backend per process (Keras
+grid, on the first N training images, in float32 and in mixed bfloat16, in this process, in
+--rounds rounds that alternate the two (a busy neighbour then slows both alike), and
+writes the median and every round's seconds to benchmarks/results/epoch-<model>-<backend>-<date>.json. Run one backend per process (Keras
 picks its backend once) on a quiet machine.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--model", default="seed", choices=["seed", "extended"])
     ap.add_argument("--images", type=int, default=12000)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    ap.add_argument("--rounds", type=int, default=3, help="epochs timed per architecture and precision")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -46,23 +49,26 @@ def main() -> None:
     grid = Grid.from_space(discover(loaded.hypermodel))
     ds = load_dataset(args.data)
     x, y = scale_images(ds.x_train[: args.images]), one_hot(ds.y_train[: args.images], 10)
-    rows, seen = [], set()
+    architectures = []
     for point in grid.points:
-        architecture = {k: v for k, v in point.items() if k != "learning_rate"}
-        if json.dumps(architecture, sort_keys=True) in seen:
-            continue
-        seen.add(json.dumps(architecture, sort_keys=True))
-        for precision in ("float32", "mixed_bfloat16"):
-            keras.backend.clear_session()
-            keras.utils.set_random_seed(0)
-            model = models.build(loaded.hypermodel, models.hyperparameters(point), precision)
-            model.fit(x[:512], y[:512], epochs=1, batch_size=128, verbose=0)  # warm-up: tracing, allocation
-            start = time.perf_counter()
-            model.fit(x, y, epochs=1, batch_size=128, verbose=0)
-            seconds = round(time.perf_counter() - start, 2)
-            rows.append({"hyperparameters": architecture, "precision": precision, "epoch_s": seconds})
-            print(f"{architecture} {precision}: {seconds} s per epoch of {len(x)} images", flush=True)
-    result = {"what": f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid",
+        if {k: v for k, v in point.items() if k != "learning_rate"} not in [a for a, _ in architectures]:
+            architectures.append(({k: v for k, v in point.items() if k != "learning_rate"}, point))
+    seconds: dict[tuple[int, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for i, (architecture, point) in enumerate(architectures):
+            for precision in ("float32", "mixed_bfloat16"):
+                keras.backend.clear_session()
+                keras.utils.set_random_seed(0)
+                model = models.build(loaded.hypermodel, models.hyperparameters(point), precision)
+                model.fit(x[:512], y[:512], epochs=1, batch_size=128, verbose=0)  # warm-up: tracing, allocation
+                start = time.perf_counter()
+                model.fit(x, y, epochs=1, batch_size=128, verbose=0)
+                seconds.setdefault((i, precision), []).append(round(time.perf_counter() - start, 2))
+                print(f"{architecture} {precision}: {seconds[i, precision][-1]} s per epoch of {len(x)} images", flush=True)
+    rows = [{"hyperparameters": architectures[i][0], "precision": precision, "epoch_s": statistics.median(times),
+             "rounds_s": times} for (i, precision), times in seconds.items()]
+    result = {"what": f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid "
+                      f"(median of {args.rounds} rounds)",
               "command": " ".join(["python", "benchmarks/epoch.py", *sys.argv[1:]]), "machine": machine(),
               "date": datetime.date.today().isoformat(), "backend": info["backend"], "rows": rows}
     path = args.json or ROOT / "benchmarks" / "results" / f"epoch-{args.model}-{info['backend']}-{result['date']}.json"

@@ -135,13 +135,13 @@ def search(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)] = None,
-    fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, sequential on a CPU (measured faster there) or for a model with its own fit() or several inputs/outputs; a resume keeps the first run's.")] = FoldMode.auto,
+    fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, and on a CPU under TensorFlow for folds of 100 training steps or more (epochs x batches; measured faster there), else sequential, as for a model with its own fit() or several inputs/outputs; a resume keeps the first run's.")] = FoldMode.auto,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where the hardware runs bfloat16 natively, else float32; a resume keeps the first run's. [default: auto]", show_default=False)] = None,
+    precision: Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where bfloat16 was measured faster (GPUs of compute capability >= 8.0, AMX CPUs, AMD CPUs with AVX512_BF16 under TensorFlow or PyTorch), else float32; a resume keeps the first run's. [default: auto]", show_default=False)] = None,
     mixed_precision: MixedOpt = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
@@ -188,16 +188,17 @@ def search(
     cv = default_cv(loaded, folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
                     precision=info["precision"], objective=objective, fold_mode=fold_mode.value)
     plan = plan_search(ds, loaded, overrides, cv, train_limit)
+    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"], info["backend"]))
     if dry_run:
         from tuner_app.search import grid_params
 
         out.print(report.grid_table(plan.grid.points, plan.grid.names, grid_params(plan)))
-        out.print(f"{len(plan.grid)} points x {cv.folds} folds x up to {cv.epochs} epochs; objective {cv.objective} "
-                  f"({cv.direction}); labels {plan.check.label_form}; nothing was written")
+        out.print(f"{len(plan.grid)} points x {cv.folds} folds x up to {cv.epochs} epochs, {plan.cv.fold_mode}, "
+                  f"{cv.precision}; objective {cv.objective} ({cv.direction}); labels {plan.check.label_form}; "
+                  "nothing was written")
         return
     if role == "worker":
         distributed.watch_chief()
-    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"]))
     if not quiet:
         where = "serving the oracle for workers on" if role == "chief" else "on"
         if ray_config:

@@ -5,9 +5,9 @@
 
 Times one epoch (after a warm-up epoch on a few batches) of every architecture of the preset's
 grid, on the first N training images, in float32 and in mixed bfloat16, in this process, in
---rounds rounds that alternate the two (a busy neighbour then slows both alike), and
-writes the median and every round's seconds to benchmarks/results/epoch-<model>-<backend>-<date>.json. Run one backend per process (Keras
-picks its backend once) on a quiet machine.
+--rounds rounds that alternate the two (a busy neighbour then slows both alike), and writes the
+median and every round's seconds to benchmarks/results/epoch-<model>-<backend>-<date>.json. Run
+one backend per process (Keras picks its backend once) on a quiet machine.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ def main() -> None:
     grid = Grid.from_space(discover(loaded.hypermodel))
     ds = load_dataset(args.data)
     x, y = scale_images(ds.x_train[: args.images]), one_hot(ds.y_train[: args.images], 10)
-    architectures = []
+    architectures = []  # (the architecture's hyperparameters, a grid point of it)
     for point in grid.points:
-        if {k: v for k, v in point.items() if k != "learning_rate"} not in [a for a, _ in architectures]:
-            architectures.append(({k: v for k, v in point.items() if k != "learning_rate"}, point))
+        architecture = {k: v for k, v in point.items() if k != "learning_rate"}
+        if architecture not in [a for a, _ in architectures]:
+            architectures.append((architecture, point))
     seconds: dict[tuple[int, str], list[float]] = {}
     for _ in range(args.rounds):
         for i, (architecture, point) in enumerate(architectures):

@@ -175,10 +175,10 @@ def resolve_precision(requested: str, info: dict) -> str:
     compute capability 8.0 or newer (A100, H100, ...); a CPU with AMX-BF16 matrix units (Intel
     Sapphire Rapids and newer, where the VM shows them), every backend; an AMD CPU with
     AVX512_BF16 (Zen 4 and newer) under TensorFlow or PyTorch, where the seed's searches ran
-    1.3-1.4x faster. An Intel CPU with AVX512_BF16 but no AMX in sight (a 5th-generation Xeon
-    whose VM hides AMX) ran an epoch 1.5-1.9x slower in bfloat16 under TensorFlow and 1.05x
-    slower under PyTorch, so it stays float32, as do JAX on AVX512_BF16 (unmeasured) and
-    everything else (README's "Precision").
+    1.3-1.4x faster. On an Intel CPU with AVX512_BF16 but no AMX in sight (a 5th-generation
+    Xeon whose VM hides AMX) the `medium` search ran 1.33x slower in bfloat16 under TensorFlow
+    and epochs 5-10% slower under PyTorch, so it stays float32, as do JAX on AVX512_BF16
+    (unmeasured) and everything else (README's "Precision").
 
     Args:
         requested: "auto", "float32" or "mixed".

@@ -66,7 +66,7 @@ def main() -> None:
                 model.fit(x, y, epochs=1, batch_size=128, verbose=0)
                 seconds.setdefault((i, precision), []).append(round(time.perf_counter() - start, 2))
                 print(f"{architecture} {precision}: {seconds[i, precision][-1]} s per epoch of {len(x)} images", flush=True)
-    rows = [{"hyperparameters": architectures[i][0], "precision": precision, "epoch_s": statistics.median(times),
+    rows = [{"hyperparameters": architectures[i][0], "precision": precision, "epoch_s": round(statistics.median(times), 3),
              "rounds_s": times} for (i, precision), times in seconds.items()]
     result = {"what": f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid "
                       f"(median of {args.rounds} rounds)",

@@ -151,3 +151,31 @@ def test_a_preset_with_its_own_fit_trains_fused(tmp_path, small_dataset):
     records = json.loads(next(pdir.glob("trial_*/folds.json")).read_text())
     assert [r["fold"] for r in records] == [1, 2] and all(r["epochs"] == 2 for r in records)
     assert all(0.0 <= r["val_accuracy"] <= 1.0 and np.isfinite(r["val_loss"]) for r in records)
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", keras.losses.CategoricalCrossentropy()])
+def test_the_member_by_member_step_trains_as_keras_summed_loss_step(loss):
+    """Under TensorFlow on a CPU the fused step runs one member after another (memory); its update is
+    the one Keras' own step makes from the summed loss (weight penalties included). Elsewhere the
+    fused model is Keras' own."""
+    x = np.random.default_rng(0).random((64, 6), dtype=np.float32)
+    y = one_hot(np.arange(64) % 3, 3)
+    trained = {}
+    for serial in (True, False):
+        members = {}
+        for k in (1, 2):
+            keras.utils.set_random_seed(k)
+            members[k] = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu",
+                                           kernel_regularizer="l2"), keras.layers.Dense(3, activation="softmax")])
+            members[k].compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+        model = fused.fuse(members, (6,))
+        assert isinstance(model, fused.MemberByMember) == (keras.backend.backend() == "tensorflow")
+        if not serial:
+            model = keras.Model(model.inputs, model.outputs)  # Keras' own step, the same compile
+            model.compile(optimizer="adam", loss=dict.fromkeys(model.output_names, loss))
+        xs = {f"{fused.member_name(k)}_input": x for k in (1, 2)}
+        ys = {fused.member_name(k): y for k in (1, 2)}
+        model.fit(xs, ys, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        trained[serial] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for a, b in zip(*trained.values()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -38,7 +38,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from tuner_app import interrupt, models, state
+from tuner_app import device, interrupt, models, state
 from tuner_app.batches import FoldBatches, FollowEpoch
 from tuner_app.folds import fold_record
 from tuner_app.model_cache import architecture_key
@@ -63,7 +63,7 @@ def fuse(members: dict[int, keras.Model], input_shape: tuple) -> keras.Model:
         outputs[name] = member(inputs[f"{name}_input"])
     first = next(iter(members.values()))
     config = compile_arguments(first)
-    if keras.backend.backend() == "tensorflow" and not _tensorflow_gpus():
+    if keras.backend.backend() == "tensorflow" and not device._gpus("tensorflow"):
         fused = MemberByMember(inputs, outputs, name="fused_folds")
         fused.folds, fused.member_loss = tuple(members), _member_loss(config["loss"])
     else:
@@ -126,12 +126,6 @@ class MemberByMember(keras.Model):
         if tracker is not None:
             tracker.update_state(loss, sample_weight=tf.shape(next(iter(x.values())))[0])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-def _tensorflow_gpus() -> list:
-    import tensorflow as tf
-
-    return tf.config.list_logical_devices("GPU")
 
 
 def _member_loss(loss) -> keras.losses.Loss:

@@ -108,7 +108,7 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
 # From how many training steps per fold (epochs x batches) fused folds were measured faster than
 # sequential ones on a CPU under TensorFlow: slower at 19 (`small`), 1.05x and 1.16x faster at 150
 # (`medium`, AMD and Intel CPUs), 1.23-1.37x at 1,875 (`full`); with the member-by-member step
-# (Intel): even at 19 (search 57 s both), 1.26x faster at 150. README: "Fused or sequential on the CPU".
+# (Intel): level at 19 (search 57 s both), 1.26x faster at 150. README: "Fused or sequential on the CPU".
 CPU_FUSED_STEPS = 100
 
 

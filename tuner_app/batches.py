@@ -101,6 +101,11 @@ class FoldBatches(keras.utils.PyDataset):
         signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
         dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
+        # No autotuning: its background thread made every iterator's deletion (each epoch's and
+        # validation pass's end) wait for it, up to 2 s on a CPU; this pipeline has nothing to tune.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = dataset.with_options(options)
         dataset.fold_batches = self
         return dataset
 

@@ -132,11 +132,22 @@ def as_tensor(a: np.ndarray):
 
 
 class FollowEpoch(keras.callbacks.Callback):
-    """Sets the batches' epoch before Keras starts each epoch's pass over them."""
+    """Sets the batches' epoch before Keras starts each epoch's pass over them.
+
+    Under TensorFlow it also builds the model's compiled metrics, loss and optimizer from
+    the first batch's shapes when training begins: Keras (without a distribution strategy)
+    leaves that to the first trace of the train step, and TensorFlow traces a step that
+    created variables a second time (a second of tracing per model on the fused folds).
+    """
 
     def __init__(self, batches: FoldBatches):
         super().__init__()
         self.batches = batches
+
+    def on_train_begin(self, logs=None):
+        build = getattr(self.model, "_symbolic_build", None)  # Keras' own build before a trace
+        if keras.backend.backend() == "tensorflow" and build is not None and not self.model.run_eagerly:
+            build(data_batch=self.batches[0])
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.epoch = epoch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import io
 import shutil
 from dataclasses import dataclass
@@ -242,7 +243,8 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
             if ray is not None:
                 ray_engine.RayEngine(tuner, ray, device).search(x, plan.dataset.y_train)
             else:
-                tuner.search(x, plan.dataset.y_train, verbose=0)
+                with _frozen_gc():
+                    tuner.search(x, plan.dataset.y_train, verbose=0)
         except RuntimeError as e:  # KerasTuner's "consecutive failures exceeded the limit"
             raise TunerAppError(f"search stopped: {str(e).splitlines()[0]}; {_failure_hint(tuner)}") from None
         finally:
@@ -250,6 +252,21 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
     failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
     if failed:
         raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
+
+
+@contextlib.contextmanager
+def _frozen_gc():
+    """Keep what exists now (the imported libraries, the data, the tuner) out of the garbage
+    collector's full passes while the search runs: tracing creates objects fast enough to
+    trigger a dozen of them per search, and each walked every object of TensorFlow and Keras
+    (2 s of a 48 s `small` search; 0.6 s frozen). Unfrozen again after, as Python's `gc.freeze`
+    documentation describes."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _check_tensorboard() -> None:

@@ -43,12 +43,19 @@ def test_the_default_cache_gives_the_fold_scores_of_fresh_models(small_dataset, 
     x, y = scale_images(small_dataset.x_train[:200]), one_hot(small_dataset.y_train[:200], 10)
     cv = CVConfig(folds=2, epochs=2, batch_size=64, precision=precision)
     scores = {}
-    for reuse in (False, None):
+    for reuse, prepared in ((False, False), (None, False), (None, True)):
         cache = ModelCache(hypermodel, precision, reuse=reuse)
-        scores[reuse] = [train_fold(hypermodel, cache, cv, models.hyperparameters(p), k, x, y,
-                                    (np.arange(150), np.arange(150, len(x))))["val_loss"] for p in points for k in (1, 2)]
+        scores[reuse, prepared] = []
+        for p in points:
+            hp = models.hyperparameters(p)
+            if prepared:  # every fold's fresh build first, as a trial of tuner-app's own fit does
+                cache.prepare(hp, [cv.seed + k for k in (1, 2)])
+            scores[reuse, prepared] += [train_fold(hypermodel, cache, cv, hp, k, x, y,
+                                                   (np.arange(150), np.arange(150, len(x))))["val_loss"] for k in (1, 2)]
+            assert not cache._ready  # every prepared model handed out
         assert (cache._model is not None) == (reuse is None and keras.backend.backend() == "tensorflow")
-    np.testing.assert_allclose(scores[None], scores[False], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[None, False], scores[False, False], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[None, True], scores[False, False], rtol=1e-5, atol=1e-6)
 
 
 def test_subclassed_and_functional_models_are_built_fresh_every_time():

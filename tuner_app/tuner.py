@@ -20,7 +20,7 @@ from tuner_app.errors import UsageError
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.grid import Grid
 from tuner_app.model_cache import ModelCache
-from tuner_app.models.checks import labels
+from tuner_app.models.checks import labels, own_fit
 from tuner_app.oracle import ResumableGridOracle
 from tuner_app.progress import Progress
 from tuner_app.settings import CVConfig
@@ -98,6 +98,8 @@ class CVTuner(keras_tuner.Tuner):
             if pending:
                 self._run_fused(trial, trial_dir, pending, x, y_fit, store)
             return store.means()
+        if not own_fit(self.hypermodel):
+            self.cache.prepare(trial.hyperparameters, [self.cv.seed + k for k in pending])
         for k in pending:
             interrupt.check()
             callbacks = self._tensorboard(trial, k) if self.tensorboard else []

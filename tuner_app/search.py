@@ -106,35 +106,21 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
 
 
-# From how many training steps per fold (epochs x batches) fused folds were measured faster than
-# sequential ones on a CPU under TensorFlow: slower at 19 (`small`), 1.05x and 1.16x faster at 150
-# (`medium`, AMD and Intel CPUs), 1.23-1.37x at 1,875 (`full`); with the member-by-member step
-# (Intel): level at 19 (search 57 s both), 1.26x faster at 150. README: "Fused or sequential on the CPU".
-CPU_FUSED_STEPS = 100
-
-
-def fold_steps(plan: SearchPlan) -> int:
-    """Training steps of one fold: epochs x batches of its (K-1)/K of the training images."""
-    rows = len(plan.dataset.y_train) * (plan.cv.folds - 1) // plan.cv.folds
-    return plan.cv.epochs * -(-rows // plan.cv.batch_size)
-
-
-def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu",
-                      backend: str = "tensorflow") -> str:
+def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu") -> str:
     """"fused" or "sequential" for `--fold-mode auto`: a resumed project's own; else sequential for
     a model that cannot train fused or has its own `fit` (fused training would hand it a dataset
-    of fused batches); else fused on a GPU, and on a CPU under TensorFlow for folds of at least
-    `CPU_FUSED_STEPS` steps, where it was measured faster (shorter folds pay more for tracing
-    the K-member model than fusing saves; other backends were not measured fused on a CPU)."""
+    of fused batches); else fused on a GPU, sequential on a CPU. On the CPU, once the sequential
+    path kept its compiled steps from fold to fold (`ModelCache.prepare`, no tf.data autotuning),
+    it was measured as fast as fused or faster at 19, 150 and 750 training steps per fold
+    (Intel CPU, README: "Fused or sequential on the CPU"), with less memory; the other backends
+    were not measured fused on a CPU."""
     if plan.cv.fold_mode != "auto":
         return plan.cv.fold_mode
     if stored and isinstance(stored.get("cv"), dict):
         return stored["cv"]["fold_mode"]
     if plan.check.fused_blocker or plan.check.own_fit:
         return "sequential"
-    if device == "gpu" or (backend == "tensorflow" and fold_steps(plan) >= CPU_FUSED_STEPS):
-        return "fused"
-    return "sequential"
+    return "fused" if device == "gpu" else "sequential"
 
 
 def grid_params(plan: SearchPlan) -> list[int]:
@@ -213,7 +199,7 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
         distributed.wait_for_file(pdir / state.SEARCH_FILE)
     stored = None if overwrite or not (pdir / state.SEARCH_FILE).exists() else state.stored_settings(pdir)
     device = device or device_mod.resolve("auto")["device"]
-    plan.cv = dataclasses.replace(plan.cv, fold_mode=resolve_fold_mode(plan, stored, device, keras.backend.backend()))
+    plan.cv = dataclasses.replace(plan.cv, fold_mode=resolve_fold_mode(plan, stored, device))
     settings = plan.settings(keras.backend.backend(), device)
     refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
     x = data_mod.scale_images(plan.dataset.x_train)
@@ -331,4 +317,4 @@ def _failure_hint(tuner: CVTuner) -> str:
     return f"trial {t.trial_id}: {last[0].strip()} (full traceback in {where}); rerun the same command to retry it"
 
 
-__all__ = ["CPU_FUSED_STEPS", "SearchPlan", "default_cv", "fold_steps", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]
+__all__ = ["SearchPlan", "default_cv", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]

@@ -51,8 +51,11 @@ def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched)
 
     from tuner_app.retrain import evaluate_saved
 
-    _, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SAMPLE))
+    loss, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SAMPLE))
     assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
+    # the test metrics come from the one pass of predictions: Keras' evaluate of the saved model agrees
+    assert report["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert report["test_metrics"]["accuracy"] == pytest.approx(report["test_accuracy"], abs=1e-6)
 
 
 def test_rerunning_a_finished_search_trains_nothing(searched):

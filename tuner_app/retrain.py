@@ -99,9 +99,8 @@ def retrain_best(
     history = _fit(loaded.hypermodel, hp, model, x, labels(dataset.y_train, form, classes), config, seed,
                    [epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
-    test_metrics = model.evaluate(x_test, labels(dataset.y_test, form, classes), batch_size=config.batch_size,
-                                  verbose=0, return_dict=True)
-    predicted = np.argmax(model.predict(x_test, batch_size=config.batch_size, verbose=0), axis=1)
+    test_metrics, y_pred = _test(model, x_test, labels(dataset.y_test, form, classes), config.batch_size)
+    predicted = np.argmax(y_pred, axis=1)
     seconds = time.perf_counter() - start
     progress.close()
     confusion = confusion_matrix(dataset.y_test, predicted, labels=list(range(classes)))
@@ -145,6 +144,20 @@ def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, confi
     return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
                           validation_batch_size=config.batch_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])
+
+
+def _test(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:
+    """What `model.evaluate(x, y, return_dict=True)` reports, and `model.predict(x)`, from one pass over
+    `x`: the compiled loss (weight penalties included) and metrics computed on all predictions at
+    once, as Keras' own step computes them per batch (the same up to float rounding). A model with
+    its own `test_step` gets Keras' two passes."""
+    y_pred = model.predict(x, batch_size=batch_size, verbose=0)
+    if type(model).test_step is not keras.Model.test_step:
+        return model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True), y_pred
+    model.reset_metrics()
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    found = {k: float(v) for k, v in model.compute_metrics(x, y, y_pred, sample_weight=None).items()}
+    return {**found, "loss": float(loss)}, y_pred
 
 
 def _same_data(dataset: data_mod.Dataset, searched: dict) -> bool:

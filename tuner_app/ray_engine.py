@@ -237,6 +237,7 @@ class RayEngine:
     def __init__(self, tuner, config: RayConfig, device: str):
         self.tuner, self.config, self.device = tuner, config, device
         self.progress: Progress = tuner.progress
+        self.queue_lost = False  # Ray's progress queue died: no more progress events
 
     def search(self, x: np.ndarray, y: np.ndarray) -> None:
         """Score every grid point of the tuner's oracle; returns when no point is left."""
@@ -345,8 +346,22 @@ class RayEngine:
         self.tuner.on_trial_end(trial)
 
     def _relay(self, queue) -> None:
-        """Forward the tasks' progress events to the search's listener."""
-        events = queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []
+        """Forward the tasks' progress events to the search's listener.
+
+        Progress only: when Ray's queue actor cannot be reached (a busy node, or the actor died)
+        the events are dropped and the search goes on, as the tasks' own puts do; the folds'
+        records come back with the tasks' results."""
+        import ray
+
+        if self.queue_lost:
+            return
+        try:
+            events = queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []
+        except ray.exceptions.ActorDiedError:
+            self.queue_lost = True  # gone for good: stop asking it
+            return
+        except ray.exceptions.RayError:
+            return
         for trial_id, kind, *args in events:
             self.progress.trial_focus(trial_id)
             getattr(self.progress, kind)(*args)

@@ -64,3 +64,22 @@ def test_subclassed_and_functional_models_are_built_fresh_every_time():
             return x
 
     assert architecture_key(Sub()) is None
+
+
+def test_a_model_too_big_to_prepare_is_seeded_fold_by_fold(monkeypatch):
+    """Above `PREPARE_MAX_BYTES` of prepared copies, `prepare` keeps only the first fold's model and
+    later folds are built after their own seeding as before: the same weights either way."""
+    from tuner_app import model_cache
+
+    monkeypatch.setattr(model_cache, "PREPARE_MAX_BYTES", 0)
+    hypermodel = models.load_model("seed").hypermodel
+    hp = models.hyperparameters({"filters": "8,16", "learning_rate": 0.01, "dense_units": 32})
+    cache = ModelCache(hypermodel, reuse=True)
+    cache.prepare(hp, [1, 2])
+    assert list(cache._ready) == [1]
+    assert cache.fresh(hp, 1) is cache._model
+    second = [keras.ops.convert_to_numpy(v) for v in cache.fresh(hp, 2).variables]
+    keras.utils.set_random_seed(2)
+    expected = models.build(hypermodel, hp)
+    for got, want in zip(second, expected.variables, strict=True):
+        np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(want))

@@ -17,8 +17,11 @@ import json
 
 import keras
 import keras_tuner
+import numpy as np
 
 from tuner_app import models
+
+PREPARE_MAX_BYTES = 256 * 2**20  # what `ModelCache.prepare` may hold in prepared fresh models
 
 
 def architecture_key(model: keras.Model) -> str | None:
@@ -71,13 +74,18 @@ class ModelCache:
         Prepared, they are instantiated once per trial. Only for reused models (the others are
         built per fold anyway), and only where nothing else draws from the global random state
         between a fold's seeding and its end (tuner-app's own fit: a HyperModel's own `fit` may
-        shuffle with the fold's seed).
+        shuffle with the fold's seed). A model whose K-1 prepared copies would hold more than
+        `PREPARE_MAX_BYTES` is seeded fold by fold as before (its folds are long enough for
+        0.19 s not to matter).
         """
         self._ready, self._ready_for = {}, None
         if not self.reuse or len(seeds) < 2:
             return
         first = self.fresh(hp, seeds[0])  # (clears the session first for a new architecture)
         if self._model is None:  # not reusable
+            return
+        if (len(seeds) - 1) * sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in first.variables) > PREPARE_MAX_BYTES:
+            self._ready, self._ready_for = {seeds[0]: first}, dict(hp.values)
             return
         self._ready = {seeds[0]: first, **{seed: self._build(hp, seed) for seed in seeds[1:]}}
         self._ready_for = dict(hp.values)

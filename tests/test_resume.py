@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import MNIST_SAMPLE, run_cli
 
+from tuner_app import state
+
 pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
 
 # The seed's own 6-point grid on a small subset: 6 trials x 5 folds x 1 epoch.
@@ -65,14 +67,25 @@ def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupte
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, f"kill {kill}: the search ended before it was killed"
-        # Every state file is whole after a kill (atomic writes), and earlier folds are untouched.
+        # Every state file is whole after a kill (atomic writes), and earlier folds are untouched;
+        # a kill in the middle of a write leaves only the write's temporary file (removed below).
         for path in pdir.rglob("*.json"):
-            json.loads(path.read_text())
+            if not state.is_temporary(path):
+                json.loads(path.read_text())
         now = fold_records(pdir)
         assert all(now[key] == record for key, record in kept.items())
         kept = now
 
+    # The next search removes the temporary files that are older than a live write's: those the
+    # kills left and one more (all made old here), not a new one.
+    (next(pdir.glob("trial_*")) / ".folds.json.left.tmp.json").write_text("")
+    left = [p for p in pdir.rglob(".*") if state.is_temporary(p)]
+    for path in left:
+        os.utime(path, (time.time() - 2 * state.STALE_TEMPORARY_S,) * 2)
+    new = pdir / ".oracle.json.live.tmp.json"
+    new.write_text("")
     run_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
+    assert [p for p in pdir.rglob(".*") if state.is_temporary(p)] == [new]
     final = json.loads(run_cli("results", "--directory", tmp_path, "--project", "p", "-f", "json", check=True).stdout)
     assert len(final) == 6 and all(t["status"] == "COMPLETED" and len(t["folds"]) == 5 for t in final)
     assert len({json.dumps(t["hyperparameters"], sort_keys=True) for t in final}) == 6  # each point once

@@ -221,6 +221,7 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
             refuse_changed(pdir, settings, overwrite)  # again, now that no other search can change it
             _create(pdir, settings, overwrite)
             lock.claim()
+            state.remove_stale_temporaries(pdir)  # what killed processes left half-written
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             tuner = CVTuner(plan.model.hypermodel, plan.grid, plan.cv, plan.dataset.num_classes, plan.check.label_form,
                             progress, reuse_models, tensorboard, directory=str(directory), project_name=project)

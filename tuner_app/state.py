@@ -93,6 +93,30 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     _fsync_dir(path.parent)
 
 
+STALE_TEMPORARY_S = 60  # a temporary file of `atomic_save` older than this was left by a killed process
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is a temporary file of `atomic_save` (`.<name>.<random>.tmp<suffix>`)."""
+    return path.name.startswith(".") and ".tmp" in path.name
+
+
+def remove_stale_temporaries(pdir: Path) -> list[Path]:
+    """Delete the temporary files that processes killed in the middle of an atomic write left in the
+    project (older than `STALE_TEMPORARY_S`: a live writer's exists for milliseconds); the removed."""
+    import time
+
+    removed = []
+    for path in pdir.rglob(".*.tmp*"):
+        try:
+            if path.is_file() and is_temporary(path) and time.time() - path.stat().st_mtime > STALE_TEMPORARY_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # (gone meanwhile)
+            continue
+    return removed
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """`atomic_write_bytes` of `obj` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,10 @@ def is_temporary(path: Path) -> bool:
 def remove_stale_temporaries(pdir: Path) -> list[Path]:
     """Delete the temporary files that processes killed in the middle of an atomic write left in the
     project (older than `STALE_TEMPORARY_S`: a live writer's exists for milliseconds); the removed."""
-    import time
-
     removed = []
-    for path in pdir.rglob(".*.tmp*"):
+    for path in pdir.rglob(".*.tmp*"):  # (what `is_temporary` says)
         try:
-            if path.is_file() and is_temporary(path) and time.time() - path.stat().st_mtime > STALE_TEMPORARY_S:
+            if path.is_file() and time.time() - path.stat().st_mtime > STALE_TEMPORARY_S:
                 path.unlink()
                 removed.append(path)
         except OSError:  # (gone meanwhile)

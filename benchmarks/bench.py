@@ -67,6 +67,12 @@ def machine() -> str:
     return f"{device.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def on_this_machine(rows: list[dict]) -> bool:
+    """Whether every row ran on this machine: a seed row taken (--seed-from) from another machine's record gives
+    no ratio, since a ratio compares two pipelines on one machine."""
+    return all(not r.get("from") or r["from"].endswith(f", {machine()})") for r in rows)
+
+
 def seed_run(args, limit, epochs, final, env) -> dict:
     cmd = [sys.executable, str(args.seed_pipeline), "--data", str(args.data), "--epochs", str(epochs),
            "--final-epochs", str(final), "--folds", str(FOLDS.get(args.workload, 5))] + (["--train-limit", str(limit)] if limit else [])
@@ -83,13 +89,13 @@ def seed_run(args, limit, epochs, final, env) -> dict:
                         for r in sorted(out["results"], key=lambda r: -r["avg_accuracy"])]}
 
 
-def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False) -> dict:
+def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False, fold_mode: str | None = None) -> dict:
     base = [sys.executable, "-m", "tuner_app"]
     common = ["--directory", str(directory), "--project", "bench", "--backend", args.backend, "--device", args.device,
               "--quiet"]
     data = ["--data", str(args.data)] + (["--train-limit", str(limit)] if limit else [])
     searching = [*data, "--epochs", str(epochs), "--folds", str(FOLDS.get(args.workload, 5)), "--overwrite", "--precision", args.precision,
-                 "--fold-mode", args.fold_mode, *common]
+                 "--fold-mode", fold_mode or args.fold_mode, *common]
     if args.workers:
         search = run(base + ["search", *searching, "--workers", str(args.workers)], env)
         # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
@@ -110,7 +116,9 @@ def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False) -> 
         folds = json.loads((tdir / "folds.json").read_text())
         rss_by_trial.append(folds[-1].get("rss_mb"))
     hp = retrained["hyperparameters"]
-    return {"who": "tuner-app" + (f" --workers {args.workers}" if args.workers else "") + (" --ray" if ray else ""), "backend": retrained["backend"], "device": retrained["device"],
+    who = ("tuner-app" + (f" --workers {args.workers}" if args.workers else "") + (" --ray" if ray else "")
+           + (f" --fold-mode {fold_mode}" if fold_mode else ""))
+    return {"who": who, "backend": retrained["backend"], "device": retrained["device"],
             "search_s": search_s, "retrain_s": retrain_s, "total_s": round(total_s, 2), "peak_rss_mb": peak,
             "fold_mode": searched["cv"].get("fold_mode", "sequential"),
             "precision": f"{searched['cv']['precision']} / {retrained['precision']}", "best": f"({hp['filters']}) lr={hp['learning_rate']}",
@@ -123,14 +131,19 @@ def ray_run(args, limit, epochs, final, env, directory) -> dict:
     return tuner_run(args, limit, epochs, final, env, directory, ray=True)
 
 
-def table(rows: list[dict], ratio: float) -> str:
+def other_fold_mode_run(args, limit, epochs, final, env, directory) -> dict:
+    return tuner_run(args, limit, epochs, final, env, directory, fold_mode=args.also_fold_mode)
+
+
+def table(rows: list[dict], ratio: float | None) -> str:
     cols = ["who", "backend", "device", "fold_mode", "precision", "search_s", "retrain_s", "total_s", "peak_rss_mb", "best", "test_accuracy"]
     header = [{"precision": "precision (search / retrain)"}.get(c, c) for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4f}" if c == "test_accuracy" else str(r[c]))
                                        for c in cols) + " |")
-    lines.append(f"| ratio tuner-app / seed (mean total wall) | | | | | | | {ratio:.2f} | | | |")
+    shown = "none: the seed's row is from another machine" if ratio is None else f"{ratio:.2f}"
+    lines.append(f"| ratio tuner-app / seed (mean total wall) | | | | | | | {shown} | | | |")
     return "\n".join(lines)
 
 
@@ -146,6 +159,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="tuner-app search --workers N (chief + N worker processes)")
     ap.add_argument("--ray", action="store_true", help="also `tuner-app run --ray` (a local Ray) in every round, "
                     "beside the lone run: the engine's overhead")
+    ap.add_argument("--also-fold-mode", choices=["fused", "sequential"],
+                    help="also `tuner-app run --fold-mode MODE` in every round, beside the run with --fold-mode: "
+                    "the two fold modes timed in the same session")
     ap.add_argument("--seed-backend", default="tensorflow", help="the seed pipeline's backend (its default)")
     ap.add_argument("--seed-pipeline", type=Path, default=SEED_PIPELINE,
                     help="the seed's pipeline (refused unless it is the reference, by its SHA-256)")
@@ -182,6 +198,8 @@ def main() -> None:
             order = [seed_run, tuner_run] if i % 2 == 0 else [tuner_run, seed_run]
             if args.ray:
                 order.insert(1, ray_run)
+            if args.also_fold_mode:  # alternating with the main run too, so that neither always goes first
+                order.insert(order.index(tuner_run) + i % 2, other_fold_mode_run)
             for fn in order:
                 if fn is seed_run and args.seed_from:
                     continue
@@ -195,18 +213,28 @@ def main() -> None:
         return statistics.mean(r["total_s"] for r in rows if r["who"] == who)
 
     lone = "tuner-app" + (f" --workers {args.workers}" if args.workers else "")
-    ratio = mean_total(lone) / mean_total("seed")
+    same_machine = on_this_machine(rows)
+    ratio = mean_total(lone) / mean_total("seed") if same_machine else None
     result = {"workload": args.workload, "precision_option": args.precision, "fold_mode_option": args.fold_mode,
               "device_option": args.device, "seed_backend": args.seed_backend, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
-              "ratio_total": round(ratio, 3), "rows": rows}
+              "ratio_total": None if ratio is None else round(ratio, 3), "rows": rows}
+    if args.also_fold_mode:
+        other = f"{lone} --fold-mode {args.also_fold_mode}"
+        result[f"{args.also_fold_mode}_over_main"] = round(mean_total(other) / mean_total(lone), 3)
+        result[f"search_{args.also_fold_mode}_over_main"] = round(
+            statistics.mean(r["search_s"] for r in rows if r["who"] == other)
+            / statistics.mean(r["search_s"] for r in rows if r["who"] == lone), 3)
     if args.ray:
-        result["ratio_ray_total"] = round(mean_total(lone + " --ray") / mean_total("seed"), 3)
+        result["ratio_ray_total"] = round(mean_total(lone + " --ray") / mean_total("seed"), 3) if same_machine else None
         result["ray_over_lone"] = round(mean_total(lone + " --ray") / mean_total(lone), 3)
     print(table(rows, ratio))
+    if args.also_fold_mode:
+        print(f"--fold-mode {args.also_fold_mode} / --fold-mode {args.fold_mode}: whole job "
+              f"{result[f'{args.also_fold_mode}_over_main']:.2f}, search {result[f'search_{args.also_fold_mode}_over_main']:.2f}")
     if args.ray:
-        print(f"tuner-app --ray / seed {result['ratio_ray_total']:.2f}; --ray / lone {result['ray_over_lone']:.2f}")
+        print(f"tuner-app --ray / seed {result['ratio_ray_total'] or 'none'}; --ray / lone {result['ray_over_lone']:.2f}")
     if args.seed_from:
         print(f"seed row(s) from {rows[0]['from']}, not run again")
     print(f"machine: {result['machine']}; {result['date']}; {result['command']}")
@@ -216,7 +244,7 @@ def main() -> None:
     name = (f"{args.workload}-{args.backend}" + (f"-{args.device}" if args.device == "gpu" else "")
             + (f"-{args.precision}" if args.precision != "auto" else "")
             + (f"-{args.fold_mode}" if args.fold_mode != "auto" else "")
-            + (f"-workers{args.workers}" if args.workers else "") + ("-ray" if args.ray else ""))
+            + (f"-workers{args.workers}" if args.workers else "") + ("-ray" if args.ray else "") + (f"-and-{args.also_fold_mode}" if args.also_fold_mode else ""))
     path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

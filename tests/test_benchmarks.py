@@ -22,6 +22,15 @@ def test_the_seed_pipeline_in_the_repository_is_the_reference():
         assert shared.read_bytes() == copy
 
 
+def test_a_seed_row_from_another_machine_gives_no_ratio():
+    here = {"who": "seed", "from": f"full-x.json (2026-11-29, {bench.machine()})"}
+    other = {"who": "seed", "from": "full-x.json (2026-11-29, AMD EPYC, 2 cores, Linux)"}
+    ran = {"who": "tuner-app"}
+    assert bench.on_this_machine([here, ran]) and bench.on_this_machine([{"who": "seed"}, ran])
+    assert not bench.on_this_machine([other, ran])
+    assert "| none: the seed's row is from another machine |" in bench.table([other, ran], None)
+
+
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 

@@ -26,9 +26,7 @@ ray = pytest.importorskip("ray")  # installed with the test extra: `pip install 
 GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
-# One xdist worker runs them all, one after another: each starts a Ray of its own, and one test
-# ends with `ray stop --force`, which stops every Ray on the host.
-pytestmark = [pytest.mark.backend_independent, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.backend_independent
 
 
 @pytest.fixture
@@ -70,7 +68,7 @@ def wait_ray_gone(where: str, timeout: float = 30.0) -> bool:
     return False
 
 
-def ray_started_by(proc, timeout: float = 300.0) -> dict[int, str]:
+def ray_started_by(proc, timeout: float = 120.0) -> dict[int, str]:
     """{pid: start time} of the processes of the local Ray under the search `proc`, once its agents run."""
     def complete():
         found = reaper.ray_processes(proc.pid)

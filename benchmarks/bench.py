@@ -209,8 +209,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"round {i + 1}: {row['who']} {row['total_s']} s, test accuracy {row['test_accuracy']:.4f}",
                       file=sys.stderr, flush=True)
-    def mean_total(who: str) -> float:
-        return statistics.mean(r["total_s"] for r in rows if r["who"] == who)
+    def mean_total(who: str, key: str = "total_s") -> float:
+        return statistics.mean(r[key] for r in rows if r["who"] == who)
 
     lone = "tuner-app" + (f" --workers {args.workers}" if args.workers else "")
     same_machine = on_this_machine(rows)
@@ -224,8 +224,7 @@ def main() -> None:
         other = f"{lone} --fold-mode {args.also_fold_mode}"
         result[f"{args.also_fold_mode}_over_main"] = round(mean_total(other) / mean_total(lone), 3)
         result[f"search_{args.also_fold_mode}_over_main"] = round(
-            statistics.mean(r["search_s"] for r in rows if r["who"] == other)
-            / statistics.mean(r["search_s"] for r in rows if r["who"] == lone), 3)
+            mean_total(other, "search_s") / mean_total(lone, "search_s"), 3)
     if args.ray:
         result["ratio_ray_total"] = round(mean_total(lone + " --ray") / mean_total("seed"), 3) if same_machine else None
         result["ray_over_lone"] = round(mean_total(lone + " --ray") / mean_total(lone), 3)

@@ -62,6 +62,12 @@ def run(cmd: list[str], env: dict) -> dict:
         return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out.read()}
 
 
+def child_env() -> dict:
+    """The environment of the pipelines' processes: this checkout first on PYTHONPATH, then what the caller had there
+    (gpu.sh's WHEELS folder on a machine without a network)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def machine() -> str:
     """The CPU (model, family/model, its bfloat16 units: what `--precision auto` rests on), cores, OS."""
     return f"{device.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
@@ -182,7 +188,7 @@ def main() -> None:
     if hashlib.sha256(args.seed_pipeline.read_bytes()).hexdigest() != SEED_PIPELINE_SHA256:
         sys.exit(f"--seed-pipeline {args.seed_pipeline}: not the seed's reference pipeline (its SHA-256 differs)")
     limit, epochs, final = WORKLOADS[args.workload]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**child_env(), "TF_CPP_MIN_LOG_LEVEL": "2"}
     if args.device == "cpu":
         env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
 

@@ -27,14 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench import machine
+from bench import child_env, machine
 
 from tuner_app import report
 
 
 def run(cmd: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return round(time.perf_counter() - start, 2)

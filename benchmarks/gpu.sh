@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark: the seed's pipeline and tuner-app's full job (`tuner-app run`) on full MNIST,
 # on the same GPU, with the JAX and the PyTorch backends (TensorFlow is not needed), fused and
-# sequential folds; a table per run on stdout and a JSON per run in benchmarks/results/.
+# sequential folds; a table per run on stdout and a JSON per run in benchmarks/results/. Per backend
+# the seed runs once, beside the fused run; the sequential run takes the seed's row from that record
+# (same machine, so its ratio stands). Each record is written as its run ends: a machine taken back
+# mid-way keeps the finished ones.
 #
 #   bash benchmarks/gpu.sh                   # on a GPU machine
 #   bash benchmarks/gpu.sh --dry-run         # anywhere: the tiny workload on the CPU, records nothing (CI runs it)
@@ -9,7 +12,8 @@
 # Environment: DATA (default ../shared/data/mnist: the four IDX files, .gz or not; --dry-run: the
 # sample shipped with tuner-app), BACKENDS (default "jax torch": those installed are run),
 # WHEELS (a folder of wheels for what the machine lacks, e.g. keras, keras-tuner, typer; they are
-# installed with --no-index into /tmp/tuner-app-site first, for machines without a network).
+# installed with --no-index into /tmp/tuner-app-site first, for machines without a network),
+# RESULTS (default benchmarks/results: where the records go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +21,7 @@ dry_run=0
 [[ "${1:-}" == "--dry-run" ]] && dry_run=1
 BACKENDS=${BACKENDS:-jax torch}
 PYTHON=${PYTHON:-python3}
+RESULTS=${RESULTS:-benchmarks/results}
 
 if [[ -n "${WHEELS:-}" ]]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/tuner-app-site "$WHEELS"/*.whl
@@ -36,9 +41,10 @@ for backend in $BACKENDS; do
         ran=1
         break  # one backend is enough to check the script
     fi
-    for mode in fused sequential; do
-        "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode "$mode" "${common[@]}"
-    done
+    fused="$RESULTS/full-$backend-gpu-fused-$(date +%F).json"
+    "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode fused "${common[@]}" --json "$fused"
+    "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode sequential "${common[@]}" \
+        --seed-from "$fused" --json "$RESULTS/full-$backend-gpu-sequential-$(date +%F).json"
     ran=1
 done
 if (( ! ran )); then

@@ -66,17 +66,9 @@ class FoldBatches(keras.utils.PyDataset):
         start = 0 if step == 0 else first + (step - 1) * self.batch_size
         return rows[start:first if step == 0 else start + self.batch_size]
 
-    def _structure(self, rows: dict[int, object], take_x, take_y):
-        """(inputs, targets) of one step from each fold's rows."""
-        if self.name is None:
-            (r,) = rows.values()
-            return take_x(r), take_y(r)
-        return ({f"{self.name(k)}_input": take_x(r) for k, r in rows.items()},
-                {self.name(k): take_y(r) for k, r in rows.items()})
-
     def __getitem__(self, step: int):
-        return self._structure({k: self._batch_rows(k, step) for k in self.indices}, self.x.__getitem__,
-                               self.y.__getitem__)
+        return structure({k: self._batch_rows(k, step) for k in self.indices}, self.x.__getitem__,
+                         self.y.__getitem__, self.name)
 
     def tf_dataset(self, x, y):
         """The same batches as a tf.data pipeline (TensorFlow backend): Python yields only the row
@@ -96,7 +88,7 @@ class FoldBatches(keras.utils.PyDataset):
                 yield tuple(this._batch_rows(k, step).astype(np.int64, copy=False) for k in folds)
 
         def gather(*r):
-            return self._structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i))
+            return structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i), self.name)
 
         signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
         dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
@@ -114,6 +106,14 @@ class FoldBatches(keras.utils.PyDataset):
         if keras.backend.backend() != "tensorflow":
             return self
         return self.tf_dataset(as_tensor(self.x), as_tensor(self.y))
+
+
+def structure(rows: dict[int, object], take_x, take_y, name: Callable[[int], str] | None):
+    """(inputs, targets) of one step from each fold's rows: plain (`name` None, one fold) or a dict per fold."""
+    if name is None:
+        (r,) = rows.values()
+        return take_x(r), take_y(r)
+    return ({f"{name(k)}_input": take_x(r) for k, r in rows.items()}, {name(k): take_y(r) for k, r in rows.items()})
 
 
 _TENSORS: dict[int, object] = {}
@@ -165,4 +165,4 @@ def fold_rows(x, y, rows: np.ndarray, batch_size: int):
     return FoldBatches(x, y, {0: rows}, batch_size, shuffle=False).for_fit()
 
 
-__all__ = ["FoldBatches", "FollowEpoch", "as_tensor", "fold_batches", "fold_rows"]
+__all__ = ["FoldBatches", "FollowEpoch", "as_tensor", "fold_batches", "fold_rows", "structure"]

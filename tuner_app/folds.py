@@ -17,7 +17,7 @@ import keras_tuner
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from tuner_app import interrupt, state
+from tuner_app import compiled_loop, interrupt, state
 from tuner_app.batches import fold_batches, fold_rows
 from tuner_app.model_cache import ModelCache
 from tuner_app.models.checks import own_fit
@@ -95,8 +95,12 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
                                  batch_size=cv.batch_size, verbose=0, callbacks=callbacks)
     else:
         batches, follow = fold_batches(x, y, tr, cv.batch_size, cv.seed, k)
-        history = hypermodel.fit(hp, model, batches, validation_data=fold_rows(x, y, va, cv.batch_size),
-                                 epochs=cv.epochs, shuffle=False, verbose=0, callbacks=[follow, *callbacks])
+        val = fold_rows(x, y, va, cv.batch_size)
+        if compiled_loop.usable(hypermodel, model, batches, val):
+            history = compiled_loop.fit(model, batches, val, epochs=cv.epochs, callbacks=[follow, *callbacks])
+        else:
+            history = hypermodel.fit(hp, model, batches, validation_data=val, epochs=cv.epochs, shuffle=False,
+                                     verbose=0, callbacks=[follow, *callbacks])
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or cv.objective not in logs:
         found = ", ".join(logs) if isinstance(logs, dict) else type(history).__name__

@@ -38,7 +38,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from tuner_app import device, interrupt, models, state
+from tuner_app import compiled_loop, device, interrupt, models, state
 from tuner_app.batches import FoldBatches, FollowEpoch
 from tuner_app.folds import fold_record
 from tuner_app.model_cache import architecture_key
@@ -366,8 +366,12 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
             else:
                 self.model.stop_training = True
 
-    hypermodel.fit(hp, model, train_data, validation_data=val_data, epochs=cv.epochs, initial_epoch=start_epoch,
-                   shuffle=False, verbose=0, callbacks=[FollowEpoch(train), _Members(), interrupt.keras_callback()])
+    callbacks = [FollowEpoch(train), _Members(), interrupt.keras_callback()]
+    if compiled_loop.usable(hypermodel, model, train, val):
+        compiled_loop.fit(model, train, val, epochs=cv.epochs, initial_epoch=start_epoch, callbacks=callbacks)
+    else:
+        hypermodel.fit(hp, model, train_data, validation_data=val_data, epochs=cv.epochs, initial_epoch=start_epoch,
+                       shuffle=False, verbose=0, callbacks=callbacks)
     path.unlink(missing_ok=True)
 
 

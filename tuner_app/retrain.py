@@ -18,9 +18,9 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from tuner_app import compiled_loop, models, plots, report, state
 from tuner_app import data as data_mod
-from tuner_app import models, plots, report, state
-from tuner_app.batches import fold_batches
+from tuner_app.batches import fold_batches, fold_rows
 from tuner_app.errors import DataError, DataWarning, UsageError
 from tuner_app.models.checks import label_form, labels, own_fit
 from tuner_app.progress import Progress, epoch_callback
@@ -141,6 +141,9 @@ def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, confi
                               validation_split=config.validation_split, verbose=0, callbacks=callbacks)
     split_at = int(np.floor(len(x) * (1.0 - config.validation_split)))  # Keras' own split
     batches, follow = fold_batches(x, y, np.arange(split_at), config.batch_size, seed, 0)
+    if compiled_loop.usable(hypermodel, model, batches):
+        return compiled_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), config.batch_size),
+                                 epochs=config.epochs, callbacks=[follow, *callbacks])
     return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
                           validation_batch_size=config.batch_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])

@@ -1,0 +1,98 @@
+"""The compiled loop (JAX): a fold, fused or not, trains as Keras' own loop trains it on the same batches,
+callbacks see fit's protocol a chunk at a time, and it is used only where it applies."""
+
+import keras
+import numpy as np
+import pytest
+
+from tuner_app import compiled_loop, fused, models
+from tuner_app.batches import FoldBatches, FollowEpoch
+from tuner_app.data import one_hot, scale_images
+from tuner_app.folds import splits
+from tuner_app.model_cache import ModelCache
+from tuner_app.models.seed import SeedCNN
+
+JAX = keras.backend.backend() == "jax"
+needs_jax = pytest.mark.skipif(not JAX, reason="the compiled loop is JAX's; CI runs this file under JAX too")
+POINT = models.hyperparameters({"filters": "16,32", "learning_rate": 0.001, "dense_units": 120})
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data(small_dataset):
+    x, y = scale_images(small_dataset.x_train), one_hot(small_dataset.y_train, 10)
+    # 332 training rows: a partial first batch (12) and 10 full ones; 100 validation rows (4 + 3 x 32)
+    split = [(tr[:332], va[:100]) for tr, va in splits(small_dataset.y_train, 3, 42)]
+    return x, y, split
+
+
+def model_and_batches(data, folds):
+    """A fresh single model (one fold) or fused model (several), and its training and validation batches."""
+    x, y, split = data
+    if len(folds) == 1:
+        model, name = ModelCache(SeedCNN(), reuse=False).fresh(POINT, 42 + folds[0]), None
+    else:
+        model = fused.FusedModels(SeedCNN(), reuse=False).fresh(POINT, list(folds), 42, x.shape[1:])
+        name = fused.member_name
+    train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, SIZE, seed=42, name=name)
+    val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, SIZE, shuffle=False, name=name)
+    return model, train, val
+
+
+@needs_jax
+@pytest.mark.parametrize("folds", [(1,), (1, 2, 3)], ids=["one fold", "fused"])
+def test_the_compiled_loop_trains_as_keras_loop(data, folds, monkeypatch):
+    """Same model, same batches, 3 epochs: the histories and the weights equal Keras' `fit`'s up to float
+    rounding. Chunks of 4 steps: the partial first step, then 10 full steps in 3 calls of 4 (2 steps of padding)."""
+    monkeypatch.setattr(compiled_loop, "CHUNK", 4)
+    model, train, val = model_and_batches(data, folds)
+    ours = compiled_loop.fit(model, train, val, epochs=3, callbacks=[FollowEpoch(train)]).history
+    ours_weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    model, train, val = model_and_batches(data, folds)
+    theirs = model.fit(train, validation_data=val, epochs=3, shuffle=False, verbose=0,
+                       callbacks=[FollowEpoch(train)]).history
+    assert set(ours) == set(theirs) and len(ours["loss"]) == 3
+    for name in theirs:
+        assert ours[name] == pytest.approx(theirs[name], abs=2e-4), name
+    assert theirs["val_loss" if len(folds) == 1 else "val_fold_1_accuracy"][-1] != pytest.approx(
+        theirs["val_loss" if len(folds) == 1 else "val_fold_1_accuracy"][0], abs=1e-4)  # it learnt something
+    for a, b in zip(ours_weights, (keras.ops.convert_to_numpy(w) for w in model.weights)):
+        np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+@needs_jax
+def test_callbacks_see_a_chunk_at_a_time_and_can_stop_the_training(data, monkeypatch):
+    monkeypatch.setattr(compiled_loop, "CHUNK", 4)
+    model, train, val = model_and_batches(data, (1,))
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(("epoch", epoch))
+
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(("batch", batch))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("end", sorted(logs)))
+            self.model.stop_training = epoch == 1
+
+    history = compiled_loop.fit(model, train, val, epochs=5, callbacks=[FollowEpoch(train), Watch()])
+    epoch = [("epoch", 0), ("batch", 0), ("batch", 1), ("batch", 5), ("batch", 9),
+             ("end", ["accuracy", "loss", "val_accuracy", "val_loss"])]
+    assert seen == epoch + [("epoch", 1), *epoch[1:]]  # stopped after the second epoch
+    assert len(history.history["loss"]) == 2
+
+
+def test_the_compiled_loop_is_used_under_jax_for_hypermodels_that_leave_fit_to_keras(data):
+    model, train, val = model_and_batches(data, (1,))
+    assert compiled_loop.usable(SeedCNN(), model, train, val) == JAX
+
+    class OwnFit(SeedCNN):
+        def fit(self, hp, model, *args, **kwargs):
+            return model.fit(*args, **kwargs)
+
+    assert not compiled_loop.usable(OwnFit(), model, train, val)  # its fit may configure Keras' loop
+    x, y, _ = data
+    uneven = FoldBatches(x, y, {1: np.arange(64), 2: np.arange(65)}, SIZE, name=fused.member_name)
+    assert not compiled_loop.usable(SeedCNN(), model, train, uneven)  # fold 1's third step would be empty

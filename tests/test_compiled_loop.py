@@ -84,8 +84,10 @@ def test_callbacks_see_a_chunk_at_a_time_and_can_stop_the_training(data, monkeyp
     assert len(history.history["loss"]) == 2
 
 
-def test_the_compiled_loop_is_used_under_jax_for_hypermodels_that_leave_fit_to_keras(data):
+def test_the_compiled_loop_is_used_under_jax_on_a_gpu_for_hypermodels_that_leave_fit_to_keras(data, monkeypatch):
     model, train, val = model_and_batches(data, (1,))
+    assert not compiled_loop.usable(SeedCNN(), model, train, val)  # the tests' CPU: Keras' loop
+    monkeypatch.setattr(compiled_loop, "_on_accelerator", lambda: True)  # as on a GPU
     assert compiled_loop.usable(SeedCNN(), model, train, val) == JAX
 
     class OwnFit(SeedCNN):

@@ -1,6 +1,9 @@
 """The compiled loop (JAX): a fold, fused or not, trains as Keras' own loop trains it on the same batches,
 callbacks see fit's protocol a chunk at a time, and it is used only where it applies."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -82,6 +85,17 @@ def test_callbacks_see_a_chunk_at_a_time_and_can_stop_the_training(data, monkeyp
              ("end", ["accuracy", "loss", "val_accuracy", "val_loss"])]
     assert seen == epoch + [("epoch", 1), *epoch[1:]]  # stopped after the second epoch
     assert len(history.history["loss"]) == 2
+
+
+@needs_jax
+def test_a_model_trained_by_the_compiled_loop_is_freed_with_its_compiled_chunks(data):
+    """The compiled chunks live on the model: a search that moves on to another architecture frees the last."""
+    model, train, val = model_and_batches(data, (1,))
+    compiled_loop.fit(model, train, val, epochs=1)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 def test_the_compiled_loop_is_used_under_jax_on_a_gpu_for_hypermodels_that_leave_fit_to_keras(data, monkeypatch):

@@ -35,7 +35,7 @@ import numpy as np
 from tuner_app.batches import FoldBatches, structure
 
 CHUNK = 64  # most steps in one call: calls are few, and a stop request waits at most one call
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled (train, test) chunks
+_ATTRIBUTE = "_tuner_app_compiled_chunks"
 _ON_DEVICE: dict[int, object] = {}
 
 
@@ -132,9 +132,10 @@ def _chunks(batches: FoldBatches, epoch: int):
 
 
 def _compiled(model: keras.Model, batches: FoldBatches):
-    """The model's compiled (train, test) chunks: kept with the model, so a model that trains again (the next
-    fold or trial of a cached model) does not compile again."""
-    if model not in _COMPILED:
+    """The model's compiled (train, test) chunks: kept on the model (and freed with it), so a model that trains
+    again (the next fold or trial of a cached model) does not compile again."""
+    compiled = getattr(model, _ATTRIBUTE, None)
+    if compiled is None:
         import jax
 
         name = batches.name  # the model's inputs and outputs: one, or one per fold
@@ -149,8 +150,9 @@ def _compiled(model: keras.Model, batches: FoldBatches):
 
             return jax.jit(chunk)
 
-        _COMPILED[model] = (steps(model.train_step), steps(model.test_step))
-    return _COMPILED[model]
+        compiled = (steps(model.train_step), steps(model.test_step))
+        object.__setattr__(model, _ATTRIBUTE, compiled)  # past Keras' attribute tracking: functions, not state
+    return compiled
 
 
 def _on_device(a: np.ndarray):

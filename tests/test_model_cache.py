@@ -30,11 +30,22 @@ def test_architecture_key_ignores_names_and_learning_rate_only():
     assert architecture_key(other) != architecture_key(a)
 
 
+def test_models_whose_learning_rate_schedules_differ_are_different_architectures():
+    """A schedule is the optimizer's code, not one of its variables: reusing a model would keep the first's."""
+    def compiled(rate):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(rate, 10, 0.9)), "mse")
+        return model
+
+    assert architecture_key(compiled(0.01)) != architecture_key(compiled(0.001))
+    assert architecture_key(compiled(0.01)) == architecture_key(compiled(0.01))
+
+
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("build", ["seed", "regularised"])
 def test_the_default_cache_gives_the_fold_scores_of_fresh_models(small_dataset, precision, build):
-    """Under TensorFlow the default cache reuses compiled models, and they score as fresh ones; under the
-    other backends it does not reuse (a reused PyTorch model trains differently), so the same holds."""
+    """Under TensorFlow and JAX the default cache reuses compiled models, and they score as fresh ones; under
+    PyTorch it does not reuse (a reused PyTorch model trains differently), so the same holds."""
     hypermodel = models.BuildFunction(_regularised) if build == "regularised" else models.load_model("seed").hypermodel
     points = [{"learning_rate": lr} if build == "regularised" else {"filters": "8,16", "learning_rate": lr,
                                                                      "dense_units": 32} for lr in (0.01, 0.001)]
@@ -53,7 +64,7 @@ def test_the_default_cache_gives_the_fold_scores_of_fresh_models(small_dataset, 
             scores[reuse, prepared] += [train_fold(hypermodel, cache, cv, hp, k, x, y,
                                                    (np.arange(150), np.arange(150, len(x))))["val_loss"] for k in (1, 2)]
             assert not cache._ready  # every prepared model handed out
-        assert (cache._model is not None) == (reuse is None and keras.backend.backend() == "tensorflow")
+        assert (cache._model is not None) == (reuse is None and keras.backend.backend() in ("tensorflow", "jax"))
     np.testing.assert_allclose(scores[None, False], scores[False, False], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores[None, True], scores[False, False], rtol=1e-5, atol=1e-6)
 

@@ -1,8 +1,8 @@
 """Models exactly as a fresh seeded build makes them, compiled once per architecture where it pays.
 
 Every fold starts from the model `hypermodel.build(hp)` makes right after
-`keras.utils.set_random_seed(fold seed)`. Under TensorFlow, building, compiling and
-tracing the train and validation steps again for every fold costs seconds, so the cache
+`keras.utils.set_random_seed(fold seed)`. Under TensorFlow and JAX, building, compiling and
+tracing (JAX: XLA-compiling) the train and validation steps again for every fold costs seconds, so the cache
 keeps the last compiled model and, when the next fold's fresh model has the same
 architecture and compile settings (learning rate aside), copies the fresh model's variables
 (weights, normalisation statistics, random-layer seeds) and a zeroed optimizer into it and
@@ -25,13 +25,15 @@ PREPARE_MAX_BYTES = 256 * 2**20  # what `ModelCache.prepare` may hold in prepare
 
 
 def architecture_key(model: keras.Model) -> str | None:
-    """A description of what the model computes and how it is compiled, without names and learning
-    rate; None when the model cannot be described (a subclassed model)."""
+    """A description of what the model computes and how it is compiled, without names and a numeric
+    learning rate; None when the model cannot be described (a subclassed model)."""
     if type(model) not in (keras.Sequential, keras.Model) and type(model).__name__ != "Functional":
         return None
     try:
         compile_config = model.get_compile_config()
-        compile_config["optimizer"]["config"].pop("learning_rate", None)
+        optimizer = compile_config["optimizer"]["config"]
+        if isinstance(optimizer.get("learning_rate"), (int, float)):  # a number: copied with the optimizer's variables
+            optimizer.pop("learning_rate")  # (a schedule stays in the key: it is the optimizer's code, not a variable)
         return json.dumps(_nameless([model.get_config(), compile_config]), sort_keys=True, default=str)
     except (NotImplementedError, TypeError, KeyError, AttributeError):
         return None
@@ -52,13 +54,13 @@ class ModelCache:
         hypermodel: Builds the models.
         precision: Dtype policy of the builds.
         reuse: Reuse one compiled model per architecture (see the module docstring); None
-            reuses under TensorFlow only, the backend that both gains (tracing) and is checked
-            to give identical folds.
+            reuses under TensorFlow and JAX, the backends that gain (tracing, compiling) and are
+            checked to give identical folds (a reused PyTorch model trains differently).
     """
 
     def __init__(self, hypermodel: keras_tuner.HyperModel, precision: str = "float32", reuse: bool | None = None):
         self.hypermodel, self.precision = hypermodel, precision
-        self.reuse = keras.backend.backend() == "tensorflow" if reuse is None else reuse
+        self.reuse = keras.backend.backend() in ("tensorflow", "jax") if reuse is None else reuse
         self._model: keras.Model | None = None
         self._key: str | None = None
         self._ready: dict[int, keras.Model] = {}  # prepared fresh builds by seed, for the hp of _ready_for
@@ -117,10 +119,10 @@ class ModelCache:
     def _load(self, fresh: keras.Model) -> keras.Model:
         """The cached compiled model with `fresh`'s variables, a zeroed optimizer and its learning rate."""
         model = self._model
-        for target, value in zip(model.variables, fresh.variables):
-            target.assign(value)
         fresh.optimizer.build(fresh.trainable_variables)
-        for target, value in zip(model.optimizer.variables, fresh.optimizer.variables):
-            target.assign(value)
-        model.optimizer.learning_rate = fresh.optimizer.learning_rate
+        pairs = [*zip(model.variables, fresh.variables), *zip(model.optimizer.variables, fresh.optimizer.variables)]
+        for target, value in pairs:
+            target.assign(keras.ops.convert_to_numpy(value))  # a copy: JAX must not see one buffer twice
+        # (the learning rate is one of the optimizer's variables: setting `learning_rate` to fresh's variable
+        # would add that variable to the cached optimizer's, which JAX would then get twice)
         return model

@@ -119,16 +119,21 @@ def structure(rows: dict[int, object], take_x, take_y, name: Callable[[int], str
 _TENSORS: dict[int, object] = {}
 
 
-def as_tensor(a: np.ndarray):
-    """One TensorFlow copy of the array `a` for as long as `a` lives: every fold and trial of a search
+def one_copy(a: np.ndarray, copies: dict[int, object], make: Callable):
+    """`make(a)` once for as long as the array `a` lives, kept in `copies`: every fold and trial of a search
     gathers its batches from the same copy of the images instead of copying its rows each time."""
     key = id(a)
-    if key not in _TENSORS:
-        import tensorflow as tf
+    if key not in copies:
+        copies[key] = make(a)
+        weakref.finalize(a, copies.pop, key, None)
+    return copies[key]
 
-        _TENSORS[key] = tf.constant(a)
-        weakref.finalize(a, _TENSORS.pop, key, None)
-    return _TENSORS[key]
+
+def as_tensor(a: np.ndarray):
+    """One TensorFlow copy of the array `a` for as long as `a` lives."""
+    import tensorflow as tf
+
+    return one_copy(a, _TENSORS, tf.constant)
 
 
 class FollowEpoch(keras.callbacks.Callback):
@@ -165,4 +170,4 @@ def fold_rows(x, y, rows: np.ndarray, batch_size: int):
     return FoldBatches(x, y, {0: rows}, batch_size, shuffle=False).for_fit()
 
 
-__all__ = ["FoldBatches", "FollowEpoch", "as_tensor", "fold_batches", "fold_rows", "structure"]
+__all__ = ["FoldBatches", "FollowEpoch", "as_tensor", "fold_batches", "fold_rows", "one_copy", "structure"]

@@ -26,13 +26,12 @@ probe by hand, no record), and a CPU's step is arithmetic, not host time, anyway
 from __future__ import annotations
 
 import math
-import weakref
 
 import keras
 import keras_tuner
 import numpy as np
 
-from tuner_app.batches import FoldBatches, structure
+from tuner_app.batches import FoldBatches, one_copy, structure
 
 CHUNK = 64  # most steps in one call: calls are few, and a stop request waits at most one call
 _ATTRIBUTE = "_tuner_app_compiled_chunks"
@@ -157,13 +156,9 @@ def _compiled(model: keras.Model, batches: FoldBatches):
 
 def _on_device(a: np.ndarray):
     """One device copy of the array `a` for as long as `a` lives (every fold and trial gathers from it)."""
-    key = id(a)
-    if key not in _ON_DEVICE:
-        import jax.numpy as jnp
+    import jax.numpy as jnp
 
-        _ON_DEVICE[key] = jnp.asarray(a)
-        weakref.finalize(a, _ON_DEVICE.pop, key, None)
-    return _ON_DEVICE[key]
+    return one_copy(a, _ON_DEVICE, jnp.asarray)
 
 
 def _values(*groups) -> tuple:

@@ -88,6 +88,40 @@ def test_callbacks_see_a_chunk_at_a_time_and_can_stop_the_training(data, monkeyp
 
 
 @needs_jax
+@pytest.mark.parametrize("folds", [(1,), (1, 2, 3)], ids=["one fold", "fused"])
+def test_every_call_shape_is_compiled_once_before_training_in_parallel(data, folds, monkeypatch):
+    """The partial first step and the full chunks, training and validation: four XLA compilations, made
+    together in threads before the first epoch; the next fit of the same model compiles nothing."""
+    import threading
+
+    import jax
+
+    monkeypatch.setattr(compiled_loop, "CHUNK", 4)
+    model, train, val = model_and_batches(data, folds)
+    compiles = []
+
+    def listen(event, seconds, **kwargs):  # XLA compilations of the chunks (not Keras' own small eager ops)
+        if event == "/jax/core/compile/backend_compile_duration" and kwargs.get("fun_name") == "jit(chunk)":
+            compiles.append(threading.current_thread().name)
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            compiles.append(f"epoch {epoch}")
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        compiled_loop.fit(model, train, val, epochs=2, callbacks=[FollowEpoch(train), Epochs()])
+        assert compiles[-2:] == ["epoch 0", "epoch 1"], compiles  # nothing compiled once training began
+        ahead = compiles[:-2]
+        assert len(ahead) == 4 and all(name.startswith("tuner-app-compile") for name in ahead), ahead
+        compiles.clear()
+        compiled_loop.fit(model, train, val, epochs=1, callbacks=[FollowEpoch(train), Epochs()])
+        assert compiles == ["epoch 0"]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@needs_jax
 def test_a_model_trained_by_the_compiled_loop_is_freed_with_its_compiled_chunks(data):
     """The compiled chunks live on the model: a search that moves on to another architecture frees the last."""
     model, train, val = model_and_batches(data, (1,))

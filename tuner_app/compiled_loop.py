@@ -11,6 +11,12 @@ in the same order as Keras' loop is given), the step is the model's compiled ste
 optimizer, metrics), so a record equals Keras' loop's up to float rounding
 (`tests/test_compiled_loop.py` bounds it).
 
+Every shape of call a `fit` will make (the partial first step and the full chunks, training and
+validation) is compiled before its first epoch, at once: traced here, then XLA's compilations in
+threads, which overlap (XLA compiles outside the GIL). On one H200 the chunk functions compiled
+one after another took about 2.7 s each, 24 s of a 77 s search (a probe by hand); what compiling
+them together saves there is not measured yet. The calls find them in JAX's cache.
+
 Callbacks see what `fit` shows them, with batch hooks once per call (as under Keras'
 `steps_per_execution`): `on_train_batch_begin` before each call (`interrupt.check` stops a
 search there), the weights in the model at every epoch's end (checkpoints, early stopping).
@@ -26,6 +32,8 @@ probe by hand, no record), and a CPU's step is arithmetic, not host time, anyway
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import keras
 import keras_tuner
@@ -66,15 +74,16 @@ def fit(model: keras.Model, train: FoldBatches, validation: FoldBatches | None =
     callbacks = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=train.steps,
                                              verbose=0)
     model._symbolic_build(data_batch=train[0])  # what fit builds first (optimizer, metrics, loss)
-    train_chunk, test_chunk = _compiled(model, train)
+    compiled = _compiled(model, train)
+    train_chunk, test_chunk = compiled.train, compiled.test
+    _compile_ahead(compiled, [(train_chunk, train, _train_state), (test_chunk, validation, _test_state)], model)
     model.stop_training = False
     logs: dict = {}
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        state = _values(model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
-                        model.metrics_variables)  # after on_epoch_begin: a callback may have set the learning rate
+        state = _values(*_train_state(model))  # after on_epoch_begin: a callback may have set the learning rate
         for first, rows, valid in _chunks(train, epoch):
             callbacks.on_train_batch_begin(first)
             state = train_chunk(state, x, y, rows, jnp.asarray(valid))
@@ -99,7 +108,7 @@ def _evaluate(model: keras.Model, batches: FoldBatches, test_chunk, callbacks) -
 
     x, y = _on_device(batches.x), _on_device(batches.y)
     model.reset_metrics()
-    state = _values(model.trainable_variables, model.non_trainable_variables, model.metrics_variables)
+    state = _values(*_test_state(model))
     for first, rows, valid in _chunks(batches, 0):
         callbacks.on_test_batch_begin(first)
         state = test_chunk(state, x, y, rows, jnp.asarray(valid))
@@ -130,7 +139,24 @@ def _chunks(batches: FoldBatches, epoch: int):
         yield step + i * length, part, valid
 
 
-def _compiled(model: keras.Model, batches: FoldBatches):
+def _train_state(model: keras.Model) -> tuple:
+    return model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables
+
+
+def _test_state(model: keras.Model) -> tuple:
+    return model.trainable_variables, model.non_trainable_variables, model.metrics_variables
+
+
+@dataclass
+class _Compiled:
+    """A model's jitted train and test chunks, and the call shapes compiled so far."""
+
+    train: object
+    test: object
+    shapes: set = field(default_factory=set)
+
+
+def _compiled(model: keras.Model, batches: FoldBatches) -> _Compiled:
     """The model's compiled (train, test) chunks: kept on the model (and freed with it), so a model that trains
     again (the next fold or trial of a cached model) does not compile again."""
     compiled = getattr(model, _ATTRIBUTE, None)
@@ -149,9 +175,31 @@ def _compiled(model: keras.Model, batches: FoldBatches):
 
             return jax.jit(chunk)
 
-        compiled = (steps(model.train_step), steps(model.test_step))
+        compiled = _Compiled(steps(model.train_step), steps(model.test_step))
         object.__setattr__(model, _ATTRIBUTE, compiled)  # past Keras' attribute tracking: functions, not state
     return compiled
+
+
+def _compile_ahead(compiled: _Compiled, plan: list, model: keras.Model) -> None:
+    """Compile every call shape of `plan` ((chunk function, batches or None, its state's variable groups))
+    not compiled yet: traced one after another here, compiled by XLA all at once in threads; the
+    calls then find them in JAX's cache."""
+    import jax.numpy as jnp
+
+    lowered = []
+    for function, batches, groups in plan:
+        if batches is None:
+            continue
+        x, y = _on_device(batches.x), _on_device(batches.y)
+        state = _values(*groups(model))
+        for _first, rows, valid in _chunks(batches, 0):
+            key = (function is compiled.train, x.shape, y.shape, tuple((k, r.shape) for k, r in rows.items()))
+            if key not in compiled.shapes:
+                compiled.shapes.add(key)
+                lowered.append(function.lower(state, x, y, rows, jnp.asarray(valid)))
+    if lowered:
+        with ThreadPoolExecutor(len(lowered), thread_name_prefix="tuner-app-compile") as pool:
+            list(pool.map(lambda computation: computation.compile(), lowered))
 
 
 def _on_device(a: np.ndarray):

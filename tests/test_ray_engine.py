@@ -213,7 +213,7 @@ def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
 
 def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
     """`ray start --head` (as on a VM) with token authentication, then `--ray-address`: refused without
-    the token (one line), and with it the user's FILE.py travels inside the tasks."""
+    the token (one line, at once), and with it the user's FILE.py travels inside the tasks."""
     import secrets
     import socket
     import subprocess
@@ -233,8 +233,11 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
     try:
         small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
         args = [*small, "--ray-address", f"127.0.0.1:{port}"]
+        began = time.monotonic()
         refused = run_cli("search", *args, "--ray", "--project", "ray", env={**os.environ, "RAY_AUTH_MODE": "token",
                                                                              "RAY_AUTH_TOKEN": "0" * 64})
+        # at once: not after ray.init's 20 s of retries (RAY_py_gcs_connect_timeout_s), start-up aside
+        assert time.monotonic() - began < 20, "the refused token was reported only after ray.init's retries"
         assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert "uses token authentication" in refused.stderr and not (tmp_path / "ray").exists()
         for name, value in token.items():

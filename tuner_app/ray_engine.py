@@ -69,6 +69,7 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         _check_reachable(address)
         for name in ("RAY_py_gcs_connect_timeout_s", "RAY_gcs_rpc_server_connect_timeout_s"):
             os.environ.setdefault(name, "20")  # a refusal (e.g. a token missing) in 20 s, not Ray's minutes
+        _check_token(address)
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices would break the one-line messages
     # The engine reads every result it needs; the others (the sibling folds of a failed trial,
     # cancelled) are dropped on purpose: Ray would print their errors when it frees them.
@@ -103,10 +104,34 @@ def _connect_error(address: str | None, error: Exception, native: str) -> str:
     """One line: why Ray did not start or connect, and what to do."""
     where = address or "a local Ray"
     if "InvalidAuthToken" in native or "Unauthenticated" in native or "Unauthenticated" in str(error):
-        return (f"--ray: {where} uses token authentication and refused this process; set RAY_AUTH_MODE=token and "
-                "its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+        return _token_refused(where)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"--ray: cannot start or reach {where} ({first}); {_ADDRESS_HINT}"
+
+
+def _token_refused(where: str) -> str:
+    return (f"--ray: {where} uses token authentication and refused this process; set RAY_AUTH_MODE=token and its "
+            "token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+
+
+def _check_token(address: str) -> None:
+    """A usage error at once when the cluster's GCS at a HOST:PORT address refuses this process's token (Ray's
+    own client answers in milliseconds; `ray.init` retries for RAY_py_gcs_connect_timeout_s first). Any other
+    outcome, or a Ray without this client, is left to `ray.init`."""
+    if address.startswith("ray://") or not address.rpartition(":")[2].isdigit():
+        return
+    try:
+        from ray._raylet import AuthenticationError, GcsClient
+    except ImportError:
+        return
+    with tempfile.TemporaryFile() as native:
+        try:
+            with _fd2_to(native):  # Ray's native warning line: the error stays one line
+                GcsClient(address=address)
+        except AuthenticationError:
+            raise UsageError(_token_refused(address)) from None
+        except Exception:  # noqa: BLE001, S110 - not a refused token: ray.init connects or says why
+            pass
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

@@ -90,8 +90,7 @@ def fit(model: keras.Model, train: FoldBatches, validation: FoldBatches | None =
             callbacks.on_train_batch_end(first + int(valid.sum()) - 1)
             if model.stop_training:
                 break
-        _assign(state, model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
-                model.metrics_variables)
+        _assign(state, *_train_state(model))
         logs = _results(model)
         if validation is not None:
             logs.update({f"val_{name}": value for name, value in _evaluate(model, validation, test_chunk, callbacks).items()})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,37 @@ def _seed():
 
     random.seed(0)
     np.random.seed(0)
+
+
+@contextmanager
+def _flock(path: Path, mode: int):
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _alone_if_marked(request, tmp_path_factory):
+    """Under pytest-xdist (README: Tests), a test marked `alone` runs with no other test beside it:
+    it waits for the other worker's test to end, and that worker waits for it. A readers-writer lock
+    on two files the workers share: every test passes the turnstile, then holds the room shared; an
+    `alone` test holds the turnstile (so no new test comes in) and the room exclusive. Without
+    xdist, tests run one at a time anyway."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' basetemps are siblings
+    if request.node.get_closest_marker("alone"):
+        with _flock(shared / "turnstile.lock", fcntl.LOCK_EX), _flock(shared / "room.lock", fcntl.LOCK_EX):
+            yield
+    else:
+        with _flock(shared / "turnstile.lock", fcntl.LOCK_EX):
+            pass
+        with _flock(shared / "room.lock", fcntl.LOCK_SH):
+            yield
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False,

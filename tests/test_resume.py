@@ -36,7 +36,7 @@ def fold_records(pdir) -> dict:
     return records
 
 
-def wait_for(predicate, timeout=120.0, proc=None):
+def wait_for(predicate, timeout=300.0, proc=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():

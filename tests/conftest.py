@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,25 +38,42 @@ def _flock(path: Path, mode: int):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_HELD: list[ExitStack] = []  # this worker's exclusive hold, kept from one `alone` test to the next
+
+
 @pytest.fixture(autouse=True)
 def _alone_if_marked(request, tmp_path_factory):
     """Under pytest-xdist (README: Tests), a test marked `alone` runs with no other test beside it:
     it waits for the other worker's test to end, and that worker waits for it. A readers-writer lock
     on two files the workers share: every test passes the turnstile, then holds the room shared; an
-    `alone` test holds the turnstile (so no new test comes in) and the room exclusive. Without
-    xdist, tests run one at a time anyway."""
+    `alone` test holds the turnstile (so no new test comes in) and the room exclusive, and keeps them
+    while this worker's next test is `alone` too (released in `pytest_runtest_teardown`), so that a
+    run of them waits for the other worker once. Without xdist, tests run one at a time anyway."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         yield
         return
     shared = tmp_path_factory.getbasetemp().parent  # the workers' basetemps are siblings
     if request.node.get_closest_marker("alone"):
-        with _flock(shared / "turnstile.lock", fcntl.LOCK_EX), _flock(shared / "room.lock", fcntl.LOCK_EX):
-            yield
+        if not _HELD:
+            hold = ExitStack()
+            hold.enter_context(_flock(shared / "turnstile.lock", fcntl.LOCK_EX))
+            hold.enter_context(_flock(shared / "room.lock", fcntl.LOCK_EX))
+            _HELD.append(hold)
+        yield
     else:
         with _flock(shared / "turnstile.lock", fcntl.LOCK_EX):
             pass
         with _flock(shared / "room.lock", fcntl.LOCK_SH):
             yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test's fixtures are torn down: the exclusive hold ends unless the next test is `alone`
+    too (xdist's worker knows its next test; none at its end)."""
+    yield
+    if _HELD and (nextitem is None or not nextitem.get_closest_marker("alone")):
+        _HELD.pop().close()
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False,

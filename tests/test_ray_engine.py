@@ -26,10 +26,10 @@ ray = pytest.importorskip("ray")  # installed with the test extra: `pip install 
 GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
-# Alone: a local Ray of a test lost objects twice in CI while the other xdist worker trained
-# (never reproduced outside pytest); and one test ends with `ray stop --force`, which stops every
-# Ray on the host. One worker runs them all, one after another (its module fixture `lone` once).
-pytestmark = [pytest.mark.backend_independent, pytest.mark.alone, pytest.mark.xdist_group("ray")]
+# Alone (tests/conftest.py): no other test runs beside them under the two xdist workers, and the
+# worker that runs this file (`--dist loadfile`) runs them in a row: one of them ends with `ray stop
+# --force`, which stops every Ray on the host, another test's too.
+pytestmark = [pytest.mark.backend_independent, pytest.mark.alone]
 
 
 @pytest.fixture

@@ -26,10 +26,9 @@ ray = pytest.importorskip("ray")  # installed with the test extra: `pip install 
 GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
-# Alone (tests/conftest.py): no other test runs beside them under the two xdist workers, and the
-# worker that runs this file (`--dist loadfile`) runs them in a row: one of them ends with `ray stop
-# --force`, which stops every Ray on the host, another test's too.
-pytestmark = [pytest.mark.backend_independent, pytest.mark.alone]
+# Under the two xdist workers one worker runs this file (`--dist loadfile`), one test after another,
+# beside the other worker's tests: a Ray search on a busy host must finish as a lone one.
+pytestmark = pytest.mark.backend_independent
 
 
 @pytest.fixture
@@ -214,6 +213,7 @@ def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
 
 
+@pytest.mark.alone  # it ends with `ray stop --force`, which stops every Ray on the host (tests/conftest.py)
 def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
     """`ray start --head` (as on a VM) with token authentication, then `--ray-address`: refused without
     the token (one line, at once), and with it the user's FILE.py travels inside the tasks."""

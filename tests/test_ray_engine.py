@@ -92,6 +92,13 @@ def still_running(processes: dict[int, str], timeout: float = 15.0) -> list[str]
         time.sleep(0.2)
 
 
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # gone
+        return ""
+
+
 def by_point(pdir: Path) -> dict:
     """{grid point: [fold records without timings]} of a project."""
     out = {}
@@ -172,6 +179,32 @@ def test_sigterm_cancels_the_tasks_and_stops_as_a_lone_search(tmp_path, ray_env)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
     assert not still_running(started), still_running(started, 0)
+
+
+def test_a_local_ray_stopped_under_the_search_ends_it_in_one_line_and_the_rerun_reuses_its_folds(
+        tmp_path, ray_env, lone):
+    """The search's raylet killed (what `ray stop` from another shell does): tuner-app's one line and
+    exit 1, where the driver used to end on Ray's lines alone; nothing of that Ray left running; the
+    rerun keeps the finished folds and completes the grid."""
+    proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
+    pdir = tmp_path / "p"
+    started = ray_started_by(proc)
+    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
+    (raylet,) = [pid for pid in started if process_name(pid) == "raylet"]
+    os.kill(raylet, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == ("tuner-app: error: the local Ray stopped under the search (raylet "
+                                               "exited); the folds that finished are kept: rerun the same command "
+                                               "to resume"), stderr
+    assert "Traceback" not in stderr
+    assert not still_running(started), still_running(started, 0)
+    kept = fold_records(pdir)
+
+    run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
+    records = fold_records(pdir)
+    assert kept and all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())
+    assert by_point(pdir) == lone
 
 
 @pytest.mark.parametrize("args, message", [

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuner_app import interrupt, reaper
-from tuner_app.errors import UsageError
+from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.folds import FoldStore, splits
 from tuner_app.models.checks import labels
 from tuner_app.oracle import COMPLETED, INVALID, RUNNING
@@ -85,6 +85,23 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
             raise UsageError(_connect_error(address, e, native.read().decode(errors="replace"))) from None
     if address is None:
         _local["reaper"] = reaper.watch()
+
+
+def _check_local_ray() -> None:
+    """Stop with one line when the local Ray this search started has lost a process (`ray stop` from
+    another shell, a raylet killed): its driver would otherwise end on Ray's own lines seconds later,
+    exit 1 and no word of tuner-app's. Ray's node object knows the processes it started (none when
+    the search joined a cluster)."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    try:
+        stopped = sorted({kind for kind, _process in node.dead_processes()}) if node is not None else []
+    except Exception:  # noqa: BLE001 - Ray's private node API: without it, Ray's own handling as before
+        return
+    if stopped:
+        raise TunerAppError(f"the local Ray stopped under the search ({', '.join(stopped)} exited); the folds that "
+                            "finished are kept: rerun the same command to resume")
 
 
 @contextlib.contextmanager
@@ -310,6 +327,7 @@ class RayEngine:
                 if not inflight:
                     break
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
+                _check_local_ray()
                 self._relay(queue)
                 for ref in ready:
                     if ref in inflight:  # (a failed trial's other tasks were dropped)

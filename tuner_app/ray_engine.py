@@ -87,8 +87,11 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         _local["reaper"] = reaper.watch()
 
 
+_RAY_CORE = ("gcs_server", "raylet")  # a local Ray cannot go on without them (Ray's process types)
+
+
 def _check_local_ray() -> None:
-    """Stop with one line when the local Ray this search started has lost a process (`ray stop` from
+    """Stop with one line when the local Ray this search started has lost its raylet or GCS (`ray stop` from
     another shell, a raylet killed): its driver would otherwise end on Ray's own lines seconds later,
     exit 1 and no word of tuner-app's. Ray's node object knows the processes it started (none when
     the search joined a cluster)."""
@@ -96,7 +99,8 @@ def _check_local_ray() -> None:
 
     node = getattr(worker, "_global_node", None)
     try:
-        stopped = sorted({kind for kind, _process in node.dead_processes()}) if node is not None else []
+        dead = node.dead_processes() if node is not None else []
+        stopped = sorted({kind for kind, _process in dead if kind in _RAY_CORE})
     except Exception:  # noqa: BLE001 - Ray's private node API: without it, Ray's own handling as before
         return
     if stopped:

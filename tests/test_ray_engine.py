@@ -99,6 +99,15 @@ def process_name(pid: int) -> str:
         return ""
 
 
+def rerun_reuses(directory: Path, kept: dict, lone: dict) -> None:
+    """The same `--ray` search of project p again: the `kept` fold records are not retrained, and the
+    grid's records equal the lone search's."""
+    run_cli("search", *GRID, "--ray", "--directory", directory, "--project", "p", check=True)
+    records = fold_records(directory / "p")
+    assert all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())  # not retrained
+    assert by_point(directory / "p") == lone
+
+
 def by_point(pdir: Path) -> dict:
     """{grid point: [fold records without timings]} of a project."""
     out = {}
@@ -161,12 +170,7 @@ def test_a_killed_driver_leaves_nothing_running_and_the_rerun_reuses_its_folds(t
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the search ended before it was killed"
     assert not still_running(started), f"Ray outlived its driver: {still_running(started, 0)}"
-    kept = fold_records(pdir)
-
-    run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
-    records = fold_records(pdir)
-    assert all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())  # not retrained
-    assert by_point(pdir) == lone
+    rerun_reuses(tmp_path, fold_records(pdir), lone)
 
 
 def test_sigterm_cancels_the_tasks_and_stops_as_a_lone_search(tmp_path, ray_env):
@@ -200,11 +204,8 @@ def test_a_local_ray_stopped_under_the_search_ends_it_in_one_line_and_the_rerun_
     assert "Traceback" not in stderr
     assert not still_running(started), still_running(started, 0)
     kept = fold_records(pdir)
-
-    run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
-    records = fold_records(pdir)
-    assert kept and all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())
-    assert by_point(pdir) == lone
+    assert kept
+    rerun_reuses(tmp_path, kept, lone)
 
 
 @pytest.mark.parametrize("args, message", [

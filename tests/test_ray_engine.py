@@ -5,10 +5,15 @@ short temporary directory (RAY_TMPDIR), so that the processes of that Ray can be
 (and must be gone when the search is).
 """
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -247,17 +252,11 @@ def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
 
 
-@pytest.mark.alone  # it ends with `ray stop --force`, which stops every Ray on the host (tests/conftest.py)
-def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
-    """`ray start --head` (as on a VM) with token authentication, then `--ray-address`: refused without
-    the token (one line, at once), and with it the user's FILE.py travels inside the tasks."""
-    import secrets
-    import socket
-    import subprocess
-    import sys
-
-    model = tmp_path / "user_model.py"
-    shutil.copy(MODELS / "dense_net.py", model)
+@contextlib.contextmanager
+def ray_head():
+    """`ray start --head` (as on a VM) on a free loopback port, with token authentication; yields its
+    address and the token's environment, and ends with `ray stop --force`, which stops every Ray on
+    the host (so the tests using it are `alone`: tests/conftest.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -268,8 +267,20 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
                            capture_output=True, text=True, timeout=120, env={**os.environ, **token})
     assert start.returncode == 0, start.stderr
     try:
-        small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
-        args = [*small, "--ray-address", f"127.0.0.1:{port}"]
+        yield f"127.0.0.1:{port}", token
+    finally:
+        subprocess.run([*ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
+@pytest.mark.alone  # `ray stop --force`
+def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
+    """A cluster started with token authentication, then `--ray-address`: refused without the token
+    (one line, at once), and with it the user's FILE.py travels inside the tasks."""
+    model = tmp_path / "user_model.py"
+    shutil.copy(MODELS / "dense_net.py", model)
+    small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
+    with ray_head() as (address, token):
+        args = [*small, "--ray-address", address]
         began = time.monotonic()
         refused = run_cli("search", *args, "--ray", "--project", "ray", env={**os.environ, "RAY_AUTH_MODE": "token",
                                                                              "RAY_AUTH_TOKEN": "0" * 64})
@@ -280,11 +291,32 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
         for name, value in token.items():
             monkeypatch.setenv(name, value)
         run_cli("search", *args, "--ray", "--project", "ray", check=True)
-    finally:
-        subprocess.run([*ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
     run_cli("search", *small, "--threads", "1", "--project", "lone", check=True)
     assert len(by_point(tmp_path / "ray")) == 3
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
+
+
+@pytest.mark.alone  # `ray stop --force`
+def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuses_its_folds(tmp_path, ray_env, lone):
+    """The cluster the search joined stopped under it (`ray stop` on the head): tuner-app's one line and
+    exit 1 inside Ray's reconnect window (20 s here, 60 s by default), where the driver used to wait
+    the window out and end on Ray's lines; the rerun keeps the finished folds and completes the grid."""
+    pdir = tmp_path / "p"
+    with ray_head() as (address, token):
+        env = {**os.environ, **token, "RAY_gcs_rpc_server_reconnect_timeout_s": "20", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "tuner_app", "search", *GRID, "--ray", "--ray-address", address,
+                                 "--directory", str(tmp_path), "--project", "p"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]  # tuner-app's, not Ray's "Failed to connect to GCS within 20 seconds"
+    assert last.startswith(f"tuner-app: error: lost the Ray cluster at {address}: its GCS has not answered for "), stderr
+    assert last.endswith(" s; the folds that finished are kept: rerun the same command once the cluster is back")
+    assert "Traceback" not in stderr
+    kept = fold_records(pdir)
+    assert kept
+    rerun_reuses(tmp_path, kept, lone)
 
 
 def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path, ray_env):

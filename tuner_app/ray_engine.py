@@ -13,7 +13,9 @@ Faults: a task whose worker process or node dies is run again by Ray (up to
 killed driver loses only the folds in flight: the same command resumes from the records on
 disk, as a lone search does. SIGTERM or Ctrl-C cancels the tasks in flight and stops as a
 lone search stops. A local Ray started here ends with this process (Ray's own services are
-tied to the process that started them).
+tied to the process that started them). A local Ray that loses its raylet or GCS under the
+search (`_check_local_ray`), or a cluster whose GCS stops answering (`_ClusterWatch`), ends the
+search in one line, its finished folds kept.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,7 +41,7 @@ from tuner_app.oracle import COMPLETED, INVALID, RUNNING
 from tuner_app.progress import Progress
 from tuner_app.settings import RayConfig
 
-_local: dict = {}  # the reaper of a local Ray started here (tuner_app.reaper)
+_local: dict = {}  # the reaper of a local Ray started here (tuner_app.reaper), the watch of a cluster joined
 _ADDRESS_HINT = ("check --ray-address or RAY_ADDRESS (`ray status` on the head node prints it), or give neither for "
                  "a local Ray")
 TASK_NAME = "tuner-app-fold"  # what a busy Ray worker process shows as its title: ray::tuner-app-fold
@@ -61,7 +64,7 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
               "configure_logging": False}
-    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    address = _address(config)
     if address is None:  # a local Ray, on loopback, without the dashboard
         kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
@@ -90,6 +93,11 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
 _RAY_CORE = ("gcs_server", "raylet")  # a local Ray cannot go on without them (Ray's process types)
 
 
+def _address(config: RayConfig) -> str | None:
+    """The cluster to join (--ray-address, else $RAY_ADDRESS); None: start a local Ray."""
+    return config.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def _check_local_ray() -> None:
     """Stop with one line when the local Ray this search started has lost its raylet or GCS (`ray stop` from
     another shell, a raylet killed): its driver would otherwise end on Ray's own lines seconds later,
@@ -106,6 +114,76 @@ def _check_local_ray() -> None:
     if stopped:
         raise TunerAppError(f"the local Ray stopped under the search ({', '.join(stopped)} exited); the folds that "
                             "finished are kept: rerun the same command to resume")
+
+
+class _ClusterWatch(threading.Thread):
+    """Stop with one line when the cluster a search joined stops answering (its head gone, `ray stop` on it).
+
+    Ray's driver waits for a lost GCS for `gcs_rpc_server_reconnect_timeout_s` (60 s by default; a
+    GCS with fault tolerance restarts within it), then Ray's native core ends the process on its
+    own lines, exit 1. Meanwhile Ray's calls in the engine's loop may wait with no end (an actor on
+    the lost node is neither answering nor known dead), so this thread asks the GCS a trivial
+    question every 2 s (1 s timeout). Once the GCS has not answered for that window less 15 s, the
+    engine's loop raises `lost` at its next check. If the search has not left Ray (`disconnect`)
+    8 s later, stuck in one of Ray's calls, this thread prints the same line and ends the process,
+    exit 1, as Ray would at the window's end. The finished folds are on disk either way (each
+    written atomically when it came in)."""
+
+    EVERY_S, ASK_TIMEOUT_S, LEAVE_WAIT_S = 2.0, 1, 8.0
+
+    def __init__(self, address: str | None):
+        """address: the cluster joined; None (a local Ray started here, `_check_local_ray`'s): no watch."""
+        super().__init__(name="tuner-app-cluster-watch", daemon=True)
+        self.address = address
+        window = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s", "60"))
+        self.grace = max(1.0, window - 15)
+        self.lost: TunerAppError | None = None
+        self._done, self._left = threading.Event(), threading.Event()
+
+    def begin(self) -> None:
+        if self.address is not None:
+            _local["watch"] = self
+            self.start()
+
+    def end(self) -> None:
+        """The search's end: no more asking (a lost cluster's watch waits for `left`)."""
+        self._done.set()
+        if self.is_alive() and self.lost is None:
+            self.join()
+
+    def left(self) -> None:
+        """The search has left Ray (`disconnect`)."""
+        self._left.set()
+
+    def check(self) -> None:
+        """The engine's loop: raise `lost` once the cluster is."""
+        if self.lost is not None:
+            raise self.lost
+
+    def run(self) -> None:
+        import ray
+        from ray._private import worker
+
+        silent_since = None
+        while not self._done.wait(self.EVERY_S):
+            try:
+                worker.global_worker.gcs_client.internal_kv_exists(b"tuner-app", b"tuner-app",
+                                                                   timeout=self.ASK_TIMEOUT_S)
+                silent_since = None
+                continue
+            except (ray.exceptions.RpcError, TimeoutError, ConnectionError):
+                silent_since = silent_since or time.monotonic()
+            except Exception:  # noqa: BLE001 - Ray's private client API changed, or Ray Client mode: Ray's own handling
+                return
+            silent = time.monotonic() - silent_since
+            if silent >= self.grace:
+                self.lost = TunerAppError(f"lost the Ray cluster at {self.address}: its GCS has not answered for "
+                                          f"{silent:.0f} s; the folds that finished are kept: rerun the same "
+                                          "command once the cluster is back")
+                if not self._left.wait(self.LEAVE_WAIT_S):  # stuck in one of Ray's calls
+                    print(f"tuner-app: error: {self.lost}", file=sys.stderr, flush=True)
+                    os._exit(self.lost.exit_code)
+                return
 
 
 @contextlib.contextmanager
@@ -173,6 +251,9 @@ def disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()
     reaper.release(_local.pop("reaper", None))
+    watch = _local.pop("watch", None)
+    if watch is not None:
+        watch.left()
 
 
 def slots(config: RayConfig, device: str) -> int:
@@ -307,7 +388,9 @@ class RayEngine:
         running: dict[str, _Trial] = {}
         inflight: dict = {}  # ObjectRef -> (trial id, folds)
         exhausted, ids = False, 0
+        watch = _ClusterWatch(_address(self.config))
         tuner.on_search_begin()
+        watch.begin()
         try:
             while True:
                 interrupt.check()
@@ -332,6 +415,7 @@ class RayEngine:
                     break
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
                 _check_local_ray()
+                watch.check()
                 self._relay(queue)
                 for ref in ready:
                     if ref in inflight:  # (a failed trial's other tasks were dropped)
@@ -339,6 +423,7 @@ class RayEngine:
                         self._collect(ref, running[trial_id], running, inflight)
             self._relay(queue)
         finally:
+            watch.end()
             for ref in inflight:
                 ray.cancel(ref, force=True)
             tuner.on_search_end()
@@ -397,13 +482,16 @@ class RayEngine:
 
         Progress only: when Ray's queue actor cannot be reached (a busy node, or the actor died)
         the events are dropped and the search goes on, as the tasks' own puts do; the folds'
-        records come back with the tasks' results."""
+        records come back with the tasks' results. Each ask waits 2 s at most: with the cluster's
+        GCS gone, an actor on a lost node is neither answering nor known dead, and Ray's own
+        `Queue` calls would wait with no end, holding up the engine's loop and its checks."""
         import ray
 
         if self.queue_lost:
             return
         try:
-            events = queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []
+            size = ray.get(queue.actor.qsize.remote(), timeout=2)
+            events = ray.get(queue.actor.get_nowait_batch.remote(size), timeout=2) if size else []
         except ray.exceptions.ActorDiedError:
             self.queue_lost = True  # gone for good: stop asking it
             return

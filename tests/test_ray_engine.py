@@ -252,11 +252,26 @@ def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
 
 
+def stop_head(where: str) -> None:
+    """What `ray stop --force` does to the head started under `where` (ray_env), and to no other Ray
+    on the host: SIGTERM, then SIGKILL after 10 s, to its processes (a driver left running aside)."""
+    def head() -> list[int]:
+        return [p for p in ray_processes(where) if not any(t in reaper._cmdline(p) for t in ("pytest", "-m tuner_app"))]
+
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        for pid in head():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        end = time.monotonic() + grace
+        while head() and time.monotonic() < end:
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def ray_head():
-    """`ray start --head` (as on a VM) on a free loopback port, with token authentication; yields its
-    address and the token's environment, and ends with `ray stop --force`, which stops every Ray on
-    the host (so the tests using it are `alone`: tests/conftest.py)."""
+def ray_head(where: str):
+    """`ray start --head` (as on a VM) on a free loopback port, with token authentication, its files under
+    `where` (ray_env); yields its address and the token's environment, and stops it after (`stop_head`:
+    not `ray stop`, which would stop every Ray on the host, the other test worker's too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -269,17 +284,16 @@ def ray_head():
     try:
         yield f"127.0.0.1:{port}", token
     finally:
-        subprocess.run([*ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+        stop_head(where)
 
 
-@pytest.mark.alone  # `ray stop --force`
 def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, ray_env, monkeypatch):
     """A cluster started with token authentication, then `--ray-address`: refused without the token
     (one line, at once), and with it the user's FILE.py travels inside the tasks."""
     model = tmp_path / "user_model.py"
     shutil.copy(MODELS / "dense_net.py", model)
     small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
-    with ray_head() as (address, token):
+    with ray_head(ray_env) as (address, token):
         args = [*small, "--ray-address", address]
         began = time.monotonic()
         refused = run_cli("search", *args, "--ray", "--project", "ray", env={**os.environ, "RAY_AUTH_MODE": "token",
@@ -296,13 +310,12 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
     assert by_point(tmp_path / "ray") == by_point(tmp_path / "lone")
 
 
-@pytest.mark.alone  # `ray stop --force`
 def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuses_its_folds(tmp_path, ray_env, lone):
-    """The cluster the search joined stopped under it (`ray stop` on the head): tuner-app's one line and
+    """The cluster the search joined stopped under it (its head's processes ended, as `ray stop` there does): tuner-app's one line and
     exit 1 inside Ray's reconnect window (20 s here, 60 s by default), where the driver used to wait
     the window out and end on Ray's lines; the rerun keeps the finished folds and completes the grid."""
     pdir = tmp_path / "p"
-    with ray_head() as (address, token):
+    with ray_head(ray_env) as (address, token):
         env = {**os.environ, **token, "RAY_gcs_rpc_server_reconnect_timeout_s": "20", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "tuner_app", "search", *GRID, "--ray", "--ray-address", address,
                                  "--directory", str(tmp_path), "--project", "p"],

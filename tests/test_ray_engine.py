@@ -311,9 +311,10 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
 
 
 def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuses_its_folds(tmp_path, ray_env, lone):
-    """The cluster the search joined stopped under it (its head's processes ended, as `ray stop` there does): tuner-app's one line and
-    exit 1 inside Ray's reconnect window (20 s here, 60 s by default), where the driver used to wait
-    the window out and end on Ray's lines; the rerun keeps the finished folds and completes the grid."""
+    """The cluster the search joined stopped under it (its head's processes ended, as `ray stop` there
+    does): tuner-app's one line and exit 1 inside Ray's reconnect window (20 s here, 60 s by default),
+    where the driver used to wait the window out and end on Ray's lines; the rerun keeps the finished
+    folds and completes the grid."""
     pdir = tmp_path / "p"
     with ray_head(ray_env) as (address, token):
         env = {**os.environ, **token, "RAY_gcs_rpc_server_reconnect_timeout_s": "20", "PYTHONUNBUFFERED": "1"}
@@ -323,7 +324,7 @@ def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuse
         wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
-    last = stderr.strip().splitlines()[-1]  # tuner-app's, not Ray's "Failed to connect to GCS within 20 seconds"
+    last = stderr.strip().splitlines()[-1]  # tuner-app's, not Ray's "Failed to connect to GCS within 20 s..."
     assert last.startswith(f"tuner-app: error: lost the Ray cluster at {address}: its GCS has not answered for "), stderr
     assert last.endswith(" s; the folds that finished are kept: rerun the same command once the cluster is back")
     assert "Traceback" not in stderr

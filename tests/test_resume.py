@@ -50,11 +50,16 @@ def wait_for(predicate, timeout=300.0, proc=None):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reference")
+    start = time.monotonic()
     run_cli("search", *GRID_SEARCH, "--directory", directory, "--project", "p", check=True)
-    return json.loads(run_cli("results", "--directory", directory, "--project", "p", "-f", "json", check=True).stdout)
+    seconds = time.monotonic() - start
+    results = json.loads(run_cli("results", "--directory", directory, "--project", "p", "-f", "json",
+                                 check=True).stdout)
+    return results, seconds / sum(len(t["folds"]) for t in results)  # and the seconds per fold, start-up included
 
 
 def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupted):
+    uninterrupted, fold_seconds = uninterrupted
     rng = random.Random(int(os.environ.get("KILL_SEED", "1234")))
     pdir = tmp_path / "p"
     kept = {}
@@ -63,7 +68,8 @@ def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupte
         # Let it make progress first (past start-up), then kill at a random moment.
         done = len(fold_records(pdir)) if pdir.exists() else 0
         wait_for(lambda done=done: pdir.exists() and len(fold_records(pdir)) > done, proc=proc)
-        time.sleep(rng.uniform(0.0, 2.5))
+        # At most 1.5 folds' time (2.5 s at most), so that five kills leave folds to do on a fast CPU too.
+        time.sleep(rng.uniform(0.0, min(2.5, 1.5 * fold_seconds)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, f"kill {kill}: the search ended before it was killed"

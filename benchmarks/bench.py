@@ -1,7 +1,7 @@
 """tuner-app against the seed notebook's pipeline, same data and workload, in one run.
 
     python benchmarks/bench.py --workload small [--rounds 1] [--backend tensorflow] [--precision auto]
-                               [--fold-mode auto] [--device auto] [--seed-backend tensorflow]
+                               [--retrain-precision float32] [--fold-mode auto] [--device auto] [--seed-backend tensorflow]
                                [--seed-pipeline ../shared/bench/seed_pipeline.py] [--data ../shared/data/mnist]
     python benchmarks/bench.py --dry-run      # the tiny workload on the CPU: checks the script, records nothing
 
@@ -105,11 +105,13 @@ def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False, fol
     if args.workers:
         search = run(base + ["search", *searching, "--workers", str(args.workers)], env)
         # The seed retrains on the same subset it searched: so does this (same images, random_state=0).
-        retrain = run(base + ["retrain-best", *data, "--epochs", str(final), *common], env)
+        retrain = run(base + ["retrain-best", *data, "--epochs", str(final), "--precision", args.retrain_precision,
+                              *common], env)
         search_s, retrain_s, total_s = search["wall_s"], retrain["wall_s"], search["wall_s"] + retrain["wall_s"]
         peak = max(search["peak_rss_mb"] or 0, retrain["peak_rss_mb"] or 0)
     else:  # one process: start-up paid once
-        job = run(base + ["run", *searching, "--retrain-epochs", str(final), *(["--ray"] if ray else [])], env)
+        job = run(base + ["run", *searching, "--retrain-epochs", str(final), "--retrain-precision", args.retrain_precision,
+                          *(["--ray"] if ray else [])], env)
         retrain_s = json.loads((directory / "bench" / "retrain.json").read_text())["seconds"]
         search_s, total_s, peak = round(job["wall_s"] - retrain_s, 2), job["wall_s"], job["peak_rss_mb"]
     pdir = directory / "bench"
@@ -159,6 +161,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="alternating seed/tuner-app pairs")
     ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"), help="tuner-app's backend")
     ap.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto", help="tuner-app's --precision")
+    ap.add_argument("--retrain-precision", choices=["auto", "float32", "mixed"], default="float32",
+                    help="tuner-app run's --retrain-precision (retrain-best's --precision): the final model's arithmetic")
     ap.add_argument("--fold-mode", choices=["auto", "fused", "sequential"], default="auto", help="tuner-app's --fold-mode")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                     help="both pipelines' device (cpu hides the GPUs from the seed's too)")
@@ -221,7 +225,8 @@ def main() -> None:
     lone = "tuner-app" + (f" --workers {args.workers}" if args.workers else "")
     same_machine = on_this_machine(rows)
     ratio = mean_total(lone) / mean_total("seed") if same_machine else None
-    result = {"workload": args.workload, "precision_option": args.precision, "fold_mode_option": args.fold_mode,
+    result = {"workload": args.workload, "precision_option": args.precision, "retrain_precision_option": args.retrain_precision,
+              "fold_mode_option": args.fold_mode,
               "device_option": args.device, "seed_backend": args.seed_backend, "train_limit": limit, "epochs": epochs, "retrain_epochs": final,
               "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
@@ -248,6 +253,7 @@ def main() -> None:
         return
     name = (f"{args.workload}-{args.backend}" + (f"-{args.device}" if args.device == "gpu" else "")
             + (f"-{args.precision}" if args.precision != "auto" else "")
+            + (f"-retrain-{args.retrain_precision}" if args.retrain_precision != "float32" else "")
             + (f"-{args.fold_mode}" if args.fold_mode != "auto" else "")
             + (f"-workers{args.workers}" if args.workers else "") + ("-ray" if args.ray else "") + (f"-and-{args.also_fold_mode}" if args.also_fold_mode else ""))
     path = args.json or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"

@@ -81,6 +81,12 @@ def test_run_searches_then_retrains_the_best_in_one_process(tmp_path):
     # Run again: the search is complete, so only the retrain runs (and gives the same model).
     again = run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--directory", tmp_path, "--project", "job", check=True)
     assert again.stdout.strip().splitlines()[-1] == proc.stdout.strip().splitlines()[-1]
+    # --retrain-precision reaches the retrain alone: the search, complete, trains nothing.
+    folds = {p: p.read_bytes() for p in pdir.rglob("folds.json")}
+    run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--retrain-precision", "mixed", "--directory", tmp_path,
+            "--project", "job", check=True)
+    assert json.loads((pdir / "retrain.json").read_text())["precision"] == "mixed_bfloat16"
+    assert retrained["precision"] == "float32" and folds == {p: p.read_bytes() for p in pdir.rglob("folds.json")}
 
 
 def test_retrain_best_without_a_search_says_so(tmp_path):

@@ -314,6 +314,7 @@ def run(
     ctx: typer.Context,
     retrain_epochs: Annotated[int | None, typer.Option(help="retrain-best's --epochs: the final model's training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)] = None,
     validation_split: Annotated[float | None, typer.Option(help="retrain-best's --validation-split. [default: 0.1]", show_default=False)] = None,
+    retrain_precision: Annotated[Precision | None, typer.Option(help="retrain-best's --precision: the final model's arithmetic, whatever the search's --precision. [default: float32]", show_default=False)] = None,
     **options,
 ):
     """The whole job in one process: search (or resume), then retrain-best on the same data; the options are search's."""
@@ -321,12 +322,12 @@ def run(
     retrain_best(dataset=options["dataset"], data=options["data"], train_limit=options["train_limit"],
                  directory=options["directory"], project=options["project"], epochs=retrain_epochs,
                  batch_size=options["batch_size"], validation_split=validation_split, seed=options["seed"],
-                 device=options["device"], backend=options["backend"], precision=None, mixed_precision=False,
+                 device=options["device"], backend=options["backend"], precision=retrain_precision, mixed_precision=False,
                  threads=options["threads"], quiet=options["quiet"])
 
 
 def _run_signature() -> None:
-    """`run` takes search's options (but --dry-run, --workers and --chief) and two of retrain-best's."""
+    """`run` takes search's options (but --dry-run, --workers and --chief) and three of retrain-best's."""
     import inspect
 
     own = list(inspect.signature(run, eval_str=True).parameters.values())[:-1]

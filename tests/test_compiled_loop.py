@@ -2,6 +2,7 @@
 callbacks see fit's protocol a chunk at a time, and it is used only where it applies."""
 
 import gc
+import json
 import weakref
 
 import keras
@@ -146,3 +147,50 @@ def test_the_compiled_loop_is_used_under_jax_on_a_gpu_for_hypermodels_that_leave
     x, y, _ = data
     uneven = FoldBatches(x, y, {1: np.arange(64), 2: np.arange(65)}, SIZE, name=fused.member_name)
     assert not compiled_loop.usable(SeedCNN(), model, train, uneven)  # fold 1's third step would be empty
+
+
+@needs_jax
+def test_the_grid_s_other_architectures_compile_in_the_background_and_train_as_without(small_dataset, tmp_path,
+                                                                                      monkeypatch):
+    """On a GPU (forced here on the CPU) the first trial starts compiling the grid's other architecture in
+    the background, into `<project>/xla_cache`; that architecture's trial then loads all four of its
+    chunk shapes from there, and every fold's record equals a search's that compiled each in turn."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from tuner_app import tuner
+    from tuner_app.search import run_search
+    from tuner_app.settings import CVConfig
+
+    monkeypatch.setattr(compiled_loop, "_on_accelerator", lambda: True)
+    grid = {"filters": ["16,32", "32,64"], "learning_rate": [0.001]}
+    cv = CVConfig(folds=2, epochs=1, batch_size=32, fold_mode="fused", precision="float32")
+
+    def records(pdir):
+        return [json.loads(path.read_text()) for path in sorted(pdir.glob("trial_*/folds.json"))]
+
+    with monkeypatch.context() as m:
+        m.setattr(tuner.CVTuner, "_compile_later", lambda self, *args: None)
+        alone = records(run_search(small_dataset, "seed", grid, cv, tmp_path, "alone", train_limit=400))
+    events = []
+
+    def listen(event, **kwargs):
+        events.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        pdir = run_search(small_dataset, "seed", grid, cv, tmp_path, "later", train_limit=400)
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+        compiled_loop.stop_compiling_later()
+        jax.config.update("jax_compilation_cache_dir", None)  # the other tests compile as before
+        compilation_cache.reset_cache()
+        compiled_loop._LATER_DIR.clear()
+    assert events.count("/jax/compilation_cache/cache_hits") == 4, events
+    assert any((pdir / "xla_cache").iterdir())
+    later = records(pdir)
+    assert len(later) == len(alone) == 2
+    for ours, theirs in zip(later, alone):
+        for record, expected in zip(ours, theirs):
+            for name in ("val_accuracy", "val_loss", "accuracy", "loss"):
+                assert record[name] == pytest.approx(expected[name], abs=1e-6), name

@@ -17,6 +17,14 @@ threads, which overlap (XLA compiles outside the GIL). On one H200 the chunk fun
 one after another took about 2.7 s each, 24 s of a 77 s search (a probe by hand); what compiling
 them together saves there is not measured yet. The calls find them in JAX's cache.
 
+The architectures still to come compile meanwhile: `compile_later` lowers and compiles a
+model's chunks in a background thread into JAX's persistent compilation cache
+(`cache_compilations`, in the project's `xla_cache/`), so the first trial of a later
+architecture finds its executables there (the cache's key is the computation without its
+debug names, so a model of the same architecture and call shapes hits). XLA compiles outside
+the GIL, on host cores that a GPU's training leaves idle; a resumed search, `--workers` and a
+repeated run reuse the cache too.
+
 Callbacks see what `fit` shows them, with batch hooks once per call (as under Keras'
 `steps_per_execution`): `on_train_batch_begin` before each call (`interrupt.check` stops a
 search there), the weights in the model at every epoch's end (checkpoints, early stopping).
@@ -31,9 +39,13 @@ probe by hand, no record), and a CPU's step is arithmetic, not host time, anyway
 
 from __future__ import annotations
 
+import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import keras_tuner
@@ -44,12 +56,19 @@ from tuner_app.batches import FoldBatches, one_copy, structure
 CHUNK = 64  # most steps in one call: calls are few, and a stop request waits at most one call
 _ATTRIBUTE = "_tuner_app_compiled_chunks"
 _ON_DEVICE: dict[int, object] = {}
+_LATER: list = []  # the background compiler (`_Later`), started by the first `compile_later`
+_LATER_DIR: list[str] = []  # the cache directories `cache_compilations` set
+
+
+def applies(hypermodel: keras_tuner.HyperModel) -> bool:
+    """Whether the hypermodel's models train here with this loop (JAX on an accelerator, Keras' own `fit`)."""
+    return (keras.backend.backend() == "jax" and _on_accelerator()
+            and type(hypermodel).fit is keras_tuner.HyperModel.fit)
 
 
 def usable(hypermodel: keras_tuner.HyperModel, model: keras.Model, *batches: FoldBatches | None) -> bool:
     """Whether `fit` can train `model` on `batches` (training and validation) here."""
-    return (keras.backend.backend() == "jax" and _on_accelerator() and type(hypermodel).fit is keras_tuner.HyperModel.fit
-            and not model.run_eagerly and all(b is None or _even(b) for b in batches))
+    return applies(hypermodel) and not model.run_eagerly and all(b is None or _even(b) for b in batches)
 
 
 def _on_accelerator() -> bool:
@@ -80,23 +99,24 @@ def fit(model: keras.Model, train: FoldBatches, validation: FoldBatches | None =
     model.stop_training = False
     logs: dict = {}
     callbacks.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
-        callbacks.on_epoch_begin(epoch)
-        state = _values(*_train_state(model))  # after on_epoch_begin: a callback may have set the learning rate
-        for first, rows, valid in _chunks(train, epoch):
-            callbacks.on_train_batch_begin(first)
-            state = train_chunk(state, x, y, rows, jnp.asarray(valid))
-            callbacks.on_train_batch_end(first + int(valid.sum()) - 1)
+    with _GATE.open():  # background compilations may trace while this trains
+        for epoch in range(initial_epoch, epochs):
+            model.reset_metrics()
+            callbacks.on_epoch_begin(epoch)
+            state = _values(*_train_state(model))  # after on_epoch_begin: a callback may have set the learning rate
+            for first, rows, valid in _chunks(train, epoch):
+                callbacks.on_train_batch_begin(first)
+                state = train_chunk(state, x, y, rows, jnp.asarray(valid))
+                callbacks.on_train_batch_end(first + int(valid.sum()) - 1)
+                if model.stop_training:
+                    break
+            _assign(state, *_train_state(model))
+            logs = _results(model)
+            if validation is not None:
+                logs.update({f"val_{name}": value for name, value in _evaluate(model, validation, test_chunk, callbacks).items()})
+            callbacks.on_epoch_end(epoch, logs)
             if model.stop_training:
                 break
-        _assign(state, *_train_state(model))
-        logs = _results(model)
-        if validation is not None:
-            logs.update({f"val_{name}": value for name, value in _evaluate(model, validation, test_chunk, callbacks).items()})
-        callbacks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
     model.optimizer.finalize_variable_values(model.trainable_weights)
     callbacks.on_train_end(logs)
     return history
@@ -179,23 +199,163 @@ def _compiled(model: keras.Model, batches: FoldBatches) -> _Compiled:
     return compiled
 
 
+def cache_compilations(directory: str | Path) -> None:
+    """Keep every XLA compilation of this process in JAX's persistent compilation cache in `directory`
+    (however short: the chunks of a small model compile in under JAX's default 1 s threshold), unless
+    the user set a cache directory of their own (`JAX_COMPILATION_CACHE_DIR`). Like the rest of a
+    project directory, the cache is trusted: whoever can write to it can run code in the search."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    current = jax.config.values.get("jax_compilation_cache_dir")
+    if current and (not _LATER_DIR or current != _LATER_DIR[-1]):
+        return  # the user's own
+    if current != str(directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        compilation_cache.set_cache_dir(str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        compilation_cache.reset_cache()  # (a process that compiled before found no directory and stopped looking)
+        _LATER_DIR.append(str(directory))
+
+
+def compile_later(model: keras.Model, train: FoldBatches, validation: FoldBatches | None = None) -> Future:
+    """Compile, in the background, every chunk `fit(model, train, validation)` would call, into the
+    persistent cache (see `cache_compilations`): a later model of the same architecture trained on
+    batches of these shapes then loads them instead of compiling. `model` is used for nothing else
+    (build a throwaway one). The tracing (Python, Keras' state) waits until a `fit` of this
+    process is training (`_Gate`), XLA's compilations run at once in threads; the future's result
+    is None. See `wait` and `stop_compiling_later`."""
+    if not _LATER:
+        _LATER.append(_Later())
+    model._symbolic_build(data_batch=train[0])  # here: builds create variables, which is no background work
+    compiled = _compiled(model, train)
+    plan = [(compiled.train, train, _train_state), (compiled.test, validation, _test_state)]
+    return _LATER[0].submit(_compile_later, compiled, plan, model)
+
+
+def wait(future: Future) -> None:
+    """Wait for a `compile_later` compilation (letting its tracing run meanwhile); its errors are left
+    to the compilation its model's trial will make."""
+    with _GATE.open(), contextlib.suppress(Exception):  # cancelled or failed: the trial compiles for itself
+        future.result()
+
+
+def stop_compiling_later() -> None:
+    """Cancel the background compilations not started yet; one under way stops before its next tracing."""
+    if _LATER:
+        _LATER.pop().stop()
+
+
+class _Gate:
+    """When background tracing may run: only while a training thread is inside `fit`'s epochs (or in
+    `wait`), never while it builds models: `keras.backend.clear_session()` there replaces Keras'
+    global (per-thread) state under a background trace."""
+
+    def __init__(self):
+        self._open, self._busy = threading.Event(), threading.Lock()
+
+    @contextlib.contextmanager
+    def open(self):
+        self._open.set()
+        try:
+            yield
+        finally:
+            self._open.clear()
+            with self._busy:  # a background trace under way ends first
+                pass
+
+    @contextlib.contextmanager
+    def tracing(self, stopped: threading.Event):
+        """Hold a background trace until the gate is open; yields False when stopped meanwhile."""
+        while True:
+            if stopped.is_set():
+                yield False
+                return
+            if self._open.wait(0.2):
+                with self._busy:
+                    if self._open.is_set():
+                        yield True
+                        return
+
+
+_GATE = _Gate()
+
+
+class _Later:
+    """One daemon thread running background compilations in order (a daemon: a search that ends or is
+    killed never waits for it)."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._work, name="tuner-app-later", daemon=True).start()
+
+    def submit(self, function, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, function, args))
+        return future
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, args = job
+            if self.stopped.is_set():
+                future.cancel()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args, stopped=self.stopped))
+                except BaseException as e:  # noqa: BLE001 - the waiting trial decides
+                    future.set_exception(e)
+        while not self._jobs.empty():
+            job = self._jobs.get()
+            if job is not None:
+                job[0].cancel()
+
+
+def _compile_later(compiled: _Compiled, plan: list, model: keras.Model, stopped: threading.Event) -> None:
+    """`_compile_ahead` in the background: each trace through the gate, then XLA's compilations."""
+    lowered = []
+    for function, args in _new_calls(compiled, plan, model, shapes_only=True):
+        with _GATE.tracing(stopped) as allowed:
+            if not allowed:
+                return
+            lowered.append(function.lower(*args))
+    _compile_all(lowered)
+
+
 def _compile_ahead(compiled: _Compiled, plan: list, model: keras.Model) -> None:
     """Compile every call shape of `plan` ((chunk function, batches or None, its state's variable groups))
     not compiled yet: traced one after another here, compiled by XLA all at once in threads; the
     calls then find them in JAX's cache."""
+    _compile_all([function.lower(*args) for function, args in _new_calls(compiled, plan, model)])
+
+
+def _new_calls(compiled: _Compiled, plan: list, model: keras.Model, shapes_only: bool = False):
+    """(chunk function, its arguments) for each call shape of `plan` not compiled yet (marked compiled
+    now); `shapes_only`: the images as their shapes, not a device copy (for a throwaway model)."""
+    import jax
     import jax.numpy as jnp
 
-    lowered = []
     for function, batches, groups in plan:
         if batches is None:
             continue
-        x, y = _on_device(batches.x), _on_device(batches.y)
+        if shapes_only:
+            x, y = (jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (batches.x, batches.y))
+        else:
+            x, y = _on_device(batches.x), _on_device(batches.y)
         state = _values(*groups(model))
         for _first, rows, valid in _chunks(batches, 0):
             key = (function is compiled.train, x.shape, y.shape, tuple((k, r.shape) for k, r in rows.items()))
             if key not in compiled.shapes:
                 compiled.shapes.add(key)
-                lowered.append(function.lower(state, x, y, rows, jnp.asarray(valid)))
+                yield function, (state, x, y, rows, jnp.asarray(valid))
+
+
+def _compile_all(lowered: list) -> None:
+    """XLA's compilations of `lowered`, at once in threads (they run outside the GIL)."""
     if lowered:
         with ThreadPoolExecutor(len(lowered), thread_name_prefix="tuner-app-compile") as pool:
             list(pool.map(lambda computation: computation.compile(), lowered))
@@ -222,4 +382,4 @@ def _results(model: keras.Model) -> dict:
     return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items()}
 
 
-__all__ = ["CHUNK", "fit", "usable"]
+__all__ = ["CHUNK", "applies", "cache_compilations", "compile_later", "fit", "stop_compiling_later", "usable"]

@@ -38,6 +38,7 @@ MODEL_FILE = "best_model.keras"
 RETRAIN_FILE = "retrain.json"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+XLA_CACHE_DIR = "xla_cache"  # JAX on a GPU: compiled training chunks (`tuner_app.compiled_loop.cache_compilations`)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -2,7 +2,7 @@
 # The GPU benchmark: the seed's pipeline and tuner-app's full job (`tuner-app run`) on full MNIST,
 # on the same GPU, with the JAX and the PyTorch backends (TensorFlow is not needed), fused and
 # sequential folds; a table per run on stdout and a JSON per run in benchmarks/results/. Per backend
-# the seed runs once, beside the fused run; the sequential run takes the seed's row from that record
+# the seed runs once, beside the first fold mode's run; the next takes the seed's row from that record
 # (same machine, so its ratio stands). Each record is written as its run ends: a machine taken back
 # mid-way keeps the finished ones.
 #
@@ -13,13 +13,17 @@
 # sample shipped with tuner-app), BACKENDS (default "jax torch": those installed are run),
 # WHEELS (a folder of wheels for what the machine lacks, e.g. keras, keras-tuner, typer; they are
 # installed with --no-index into /tmp/tuner-app-site first, for machines without a network),
-# RESULTS (default benchmarks/results: where the records go).
+# RESULTS (default benchmarks/results: where the records go), MODES (default "fused sequential": the
+# fold modes, in this order), SEED_FROM_JAX / SEED_FROM_TORCH (an earlier record of this machine kind
+# whose seed row to reuse instead of running the seed's pipeline again, e.g.
+# benchmarks/results/full-jax-gpu-fused-2026-11-30.json: the seed took 273 s of a 15-minute lease).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dry_run=0
 [[ "${1:-}" == "--dry-run" ]] && dry_run=1
 BACKENDS=${BACKENDS:-jax torch}
+MODES=${MODES:-fused sequential}
 PYTHON=${PYTHON:-python3}
 RESULTS=${RESULTS:-benchmarks/results}
 
@@ -41,10 +45,14 @@ for backend in $BACKENDS; do
         ran=1
         break  # one backend is enough to check the script
     fi
-    fused="$RESULTS/full-$backend-gpu-fused-$(date +%F).json"
-    "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode fused "${common[@]}" --json "$fused"
-    "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode sequential "${common[@]}" \
-        --seed-from "$fused" --json "$RESULTS/full-$backend-gpu-sequential-$(date +%F).json"
+    seed_from_var="SEED_FROM_${backend^^}"
+    seed_from=${!seed_from_var:-}
+    for mode in $MODES; do
+        record="$RESULTS/full-$backend-gpu-$mode-$(date +%F).json"
+        "$PYTHON" benchmarks/bench.py --workload full --device gpu --fold-mode "$mode" "${common[@]}" \
+            ${seed_from:+--seed-from "$seed_from"} --json "$record"
+        seed_from=${seed_from:-$record}  # the first run's seed row serves the others
+    done
     ran=1
 done
 if (( ! ran )); then

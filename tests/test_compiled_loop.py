@@ -150,47 +150,61 @@ def test_the_compiled_loop_is_used_under_jax_on_a_gpu_for_hypermodels_that_leave
 
 
 @needs_jax
-def test_the_grid_s_other_architectures_compile_in_the_background_and_train_as_without(small_dataset, tmp_path,
-                                                                                      monkeypatch):
-    """On a GPU (forced here on the CPU) the first trial starts compiling the grid's other architecture in
-    the background, into `<project>/xla_cache`; that architecture's trial then loads all four of its
-    chunk shapes from there, and every fold's record equals a search's that compiled each in turn."""
+def test_later_architectures_and_the_retrain_compile_in_the_background_and_train_as_without(small_dataset, tmp_path,
+                                                                                           monkeypatch):
+    """On a GPU (forced here on the CPU) the first trial starts compiling, in the background into
+    `<project>/xla_cache`, the grid's other architecture and every architecture's retrain. That
+    architecture's trial, then the retrain, compile nothing themselves: their four chunk shapes each are
+    cache hits. Every fold's record and the retrain equal a search's and retrain's that compiled each in turn."""
+    import threading
+
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
     from tuner_app import tuner
+    from tuner_app.retrain import retrain_best
     from tuner_app.search import run_search
     from tuner_app.settings import CVConfig
 
     monkeypatch.setattr(compiled_loop, "_on_accelerator", lambda: True)
     grid = {"filters": ["16,32", "32,64"], "learning_rate": [0.001]}
     cv = CVConfig(folds=2, epochs=1, batch_size=32, fold_mode="fused", precision="float32")
-
-    def records(pdir):
-        return [json.loads(path.read_text()) for path in sorted(pdir.glob("trial_*/folds.json"))]
-
-    with monkeypatch.context() as m:
-        m.setattr(tuner.CVTuner, "_compile_later", lambda self, *args: None)
-        alone = records(run_search(small_dataset, "seed", grid, cv, tmp_path, "alone", train_limit=400))
     events = []
 
-    def listen(event, **kwargs):
-        events.append(event)
+    def listen(event, **kwargs):  # the cache's answers to the trials' and the retrain's own compilations
+        if event.startswith("/jax/compilation_cache/cache_") and threading.current_thread().name.startswith(
+                "tuner-app-compile"):
+            events.append(event.rsplit("_", 1)[-1])
+
+    def job(project):
+        pdir = run_search(small_dataset, "seed", grid, cv, tmp_path, project, train_limit=400)
+        searched = [json.loads(path.read_text()) for path in sorted(pdir.glob("trial_*/folds.json"))]
+        found = list(events)
+        retrained = retrain_best(small_dataset, tmp_path, project, {"epochs": 1}, train_limit=400)
+        return pdir, searched, found, events[len(found):], retrained
 
     jax.monitoring.register_event_listener(listen)
     try:
-        pdir = run_search(small_dataset, "seed", grid, cv, tmp_path, "later", train_limit=400)
+        with monkeypatch.context() as m:
+            m.setattr(tuner.CVTuner, "_compile_later", lambda self, *args: None)
+            _, alone, _, _, alone_retrained = job("alone")
+        events.clear()
+        pdir, later, searching, retraining, retrained = job("later")
     finally:
         jax.monitoring.unregister_event_listener(listen)
         compiled_loop.stop_compiling_later()
         jax.config.update("jax_compilation_cache_dir", None)  # the other tests compile as before
         compilation_cache.reset_cache()
         compiled_loop._LATER_DIR.clear()
-    assert events.count("/jax/compilation_cache/cache_hits") == 4, events
+    # the first architecture compiled as before (4 misses), the second was found (4 hits), and the retrain too
+    assert searching == ["misses"] * 4 + ["hits"] * 4, searching
+    assert retraining == ["hits"] * 4, retraining
     assert any((pdir / "xla_cache").iterdir())
-    later = records(pdir)
     assert len(later) == len(alone) == 2
     for ours, theirs in zip(later, alone):
         for record, expected in zip(ours, theirs):
             for name in ("val_accuracy", "val_loss", "accuracy", "loss"):
                 assert record[name] == pytest.approx(expected[name], abs=1e-6), name
+    assert retrained["trial_id"] == alone_retrained["trial_id"]
+    assert retrained["history"]["val_loss"] == pytest.approx(alone_retrained["history"]["val_loss"], abs=1e-6)
+    assert retrained["test_accuracy"] == pytest.approx(alone_retrained["test_accuracy"], abs=1e-6)

@@ -58,6 +58,7 @@ _ATTRIBUTE = "_tuner_app_compiled_chunks"
 _ON_DEVICE: dict[int, object] = {}
 _LATER: list = []  # the background compiler (`_Later`), started by the first `compile_later`
 _LATER_DIR: list[str] = []  # the cache directories `cache_compilations` set
+_LABELLED: dict = {}  # label: the latest `compile_later` future given it (see `wait_for`)
 
 
 def applies(hypermodel: keras_tuner.HyperModel) -> bool:
@@ -218,19 +219,23 @@ def cache_compilations(directory: str | Path) -> None:
         _LATER_DIR.append(str(directory))
 
 
-def compile_later(model: keras.Model, train: FoldBatches, validation: FoldBatches | None = None) -> Future:
+def compile_later(model: keras.Model, train: FoldBatches, validation: FoldBatches | None = None,
+                  label=None) -> Future:
     """Compile, in the background, every chunk `fit(model, train, validation)` would call, into the
     persistent cache (see `cache_compilations`): a later model of the same architecture trained on
     batches of these shapes then loads them instead of compiling. `model` is used for nothing else
     (build a throwaway one). The tracing (Python, Keras' state) waits until a `fit` of this
     process is training (`_Gate`), XLA's compilations run at once in threads; the future's result
-    is None. See `wait` and `stop_compiling_later`."""
+    is None. `label`: a name `wait_for` finds it by. See `wait` and `stop_compiling_later`."""
     if not _LATER:
         _LATER.append(_Later())
     model._symbolic_build(data_batch=train[0])  # here: builds create variables, which is no background work
     compiled = _compiled(model, train)
     plan = [(compiled.train, train, _train_state), (compiled.test, validation, _test_state)]
-    return _LATER[0].submit(_compile_later, compiled, plan, model)
+    future = _LATER[0].submit(_compile_later, compiled, plan, model)
+    if label is not None:
+        _LABELLED[label] = future
+    return future
 
 
 def wait(future: Future) -> None:
@@ -240,8 +245,16 @@ def wait(future: Future) -> None:
         future.result()
 
 
+def wait_for(label) -> None:
+    """`wait` for the latest `compile_later` given `label`, if any."""
+    future = _LABELLED.pop(label, None)
+    if future is not None:
+        wait(future)
+
+
 def stop_compiling_later() -> None:
     """Cancel the background compilations not started yet; one under way stops before its next tracing."""
+    _LABELLED.clear()
     if _LATER:
         _LATER.pop().stop()
 
@@ -323,7 +336,7 @@ def _compile_later(compiled: _Compiled, plan: list, model: keras.Model, stopped:
             if not allowed:
                 return
             lowered.append(function.lower(*args))
-    _compile_all(lowered)
+    _compile_all(lowered, "tuner-app-later-compile")
 
 
 def _compile_ahead(compiled: _Compiled, plan: list, model: keras.Model) -> None:
@@ -354,10 +367,10 @@ def _new_calls(compiled: _Compiled, plan: list, model: keras.Model, shapes_only:
                 yield function, (state, x, y, rows, jnp.asarray(valid))
 
 
-def _compile_all(lowered: list) -> None:
-    """XLA's compilations of `lowered`, at once in threads (they run outside the GIL)."""
+def _compile_all(lowered: list, name: str = "tuner-app-compile") -> None:
+    """XLA's compilations of `lowered`, at once in threads named `name`_i (they run outside the GIL)."""
     if lowered:
-        with ThreadPoolExecutor(len(lowered), thread_name_prefix="tuner-app-compile") as pool:
+        with ThreadPoolExecutor(len(lowered), thread_name_prefix=name) as pool:
             list(pool.map(lambda computation: computation.compile(), lowered))
 
 
@@ -382,4 +395,5 @@ def _results(model: keras.Model) -> dict:
     return {name: float(np.asarray(value)) for name, value in model.get_metrics_result().items()}
 
 
-__all__ = ["CHUNK", "applies", "cache_compilations", "compile_later", "fit", "stop_compiling_later", "usable"]
+__all__ = ["CHUNK", "applies", "cache_compilations", "compile_later", "fit", "stop_compiling_later", "usable", "wait",
+           "wait_for"]

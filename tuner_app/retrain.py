@@ -20,8 +20,9 @@ from sklearn.metrics import confusion_matrix
 
 from tuner_app import compiled_loop, models, plots, report, state
 from tuner_app import data as data_mod
-from tuner_app.batches import fold_batches, fold_rows
+from tuner_app.batches import FoldBatches, fold_batches, fold_rows
 from tuner_app.errors import DataError, DataWarning, UsageError
+from tuner_app.model_cache import architecture_key
 from tuner_app.models.checks import label_form, labels, own_fit
 from tuner_app.progress import Progress, epoch_callback
 from tuner_app.settings import RetrainConfig
@@ -89,6 +90,8 @@ def retrain_best(
     x, x_test = data_mod.scale_images(dataset.x_train), data_mod.scale_images(dataset.x_test)
 
     hp = models.hyperparameters(best["hyperparameters"])
+    if compiled_loop.applies(loaded.hypermodel):  # JAX on a GPU: what the search compiled for this retrain
+        compiled_loop.cache_compilations(pdir / state.XLA_CACHE_DIR)
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = models.build(loaded.hypermodel, hp, config.precision)
@@ -99,6 +102,7 @@ def retrain_best(
     history = _fit(loaded.hypermodel, hp, model, x, labels(dataset.y_train, form, classes), config, seed,
                    [epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
+    compiled_loop.stop_compiling_later()  # (the other architectures' retrains: not needed now)
     test_metrics, y_pred = _test(model, x_test, labels(dataset.y_test, form, classes), config.batch_size)
     predicted = np.argmax(y_pred, axis=1)
     seconds = time.perf_counter() - start
@@ -139,14 +143,36 @@ def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, confi
     if own_fit(hypermodel):
         return hypermodel.fit(hp, model, x, y, epochs=config.epochs, batch_size=config.batch_size,
                               validation_split=config.validation_split, verbose=0, callbacks=callbacks)
-    split_at = int(np.floor(len(x) * (1.0 - config.validation_split)))  # Keras' own split
+    split_at = _split_at(x, config)
     batches, follow = fold_batches(x, y, np.arange(split_at), config.batch_size, seed, 0)
     if compiled_loop.usable(hypermodel, model, batches):
+        compiled_loop.wait_for(_label(model))  # (`compile_later`: a search's background compilation)
         return compiled_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), config.batch_size),
                                  epochs=config.epochs, callbacks=[follow, *callbacks])
     return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
                           validation_batch_size=config.batch_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])
+
+
+def compile_later(hypermodel, hp, x: np.ndarray, y: np.ndarray, config: RetrainConfig) -> None:
+    """Under JAX on a GPU: start compiling in the background (`compiled_loop.compile_later`) what the
+    retrain of `hp` on the images `x` (labels `y`, in the loss's form) with `config` will call; a search
+    does so while it trains, and the retrain (`_fit`) waits for it."""
+    model = models.build(hypermodel, hp, config.precision)
+    split_at = _split_at(x, config)
+    train = FoldBatches(x, y, {0: np.arange(split_at)}, config.batch_size)
+    val = FoldBatches(x, y, {0: np.arange(split_at, len(x))}, config.batch_size, shuffle=False)
+    if compiled_loop.usable(hypermodel, model, train, val):
+        compiled_loop.compile_later(model, train, val, label=_label(model))
+
+
+def _split_at(x: np.ndarray, config: RetrainConfig) -> int:
+    """The first validation row: `model.fit(validation_split=...)` holds out the last rows."""
+    return int(np.floor(len(x) * (1.0 - config.validation_split)))
+
+
+def _label(model: keras.Model) -> tuple:
+    return ("retrain", architecture_key(model))
 
 
 def _test(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:

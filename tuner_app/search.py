@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner_app import compiled_loop, distributed, ray_engine, state
 from tuner_app import data as data_mod
-from tuner_app import distributed, ray_engine, state
 from tuner_app import grid as grid_mod
-from tuner_app.errors import TunerAppError, UsageError
+from tuner_app import retrain as retrain_mod
+from tuner_app.errors import SettingError, TunerAppError, UsageError
 from tuner_app.models import LoadedModel, load_model
 from tuner_app.models.checks import ModelCheck, check_model, failure
 from tuner_app.progress import Progress
-from tuner_app.settings import CVConfig, RayConfig
+from tuner_app.settings import CVConfig, RayConfig, RetrainConfig
 from tuner_app.tuner import CVTuner
 
 
@@ -224,7 +225,8 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
             state.remove_stale_temporaries(pdir)  # what killed processes left half-written
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             tuner = CVTuner(plan.model.hypermodel, plan.grid, plan.cv, plan.dataset.num_classes, plan.check.label_form,
-                            progress, reuse_models, tensorboard, directory=str(directory), project_name=project)
+                            progress, reuse_models, tensorboard, retrain=_retrain_next(plan),
+                            directory=str(directory), project_name=project)
         progress.search_start(len(plan.grid), tuner.completed() or 0, str(pdir), plan.cv.objective, plan.cv.direction)
         try:
             if ray is not None:
@@ -239,6 +241,18 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
     failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
     if failed:
         raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
+
+
+def _retrain_next(plan: SearchPlan) -> RetrainConfig | None:
+    """The retrain a search is usually followed by (`retrain-best`'s defaults), for the tuner to compile
+    ahead under JAX on a GPU (`CVTuner._compile_later`); None elsewhere, or when the model suggests
+    settings that retrain-best will refuse (it says so then)."""
+    if not compiled_loop.applies(plan.model.hypermodel):
+        return None
+    try:
+        return retrain_mod.default_config(plan.model)
+    except SettingError:
+        return None
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras_tuner
 import numpy as np
 
-from tuner_app import compiled_loop, fused, interrupt, models, state
+from tuner_app import compiled_loop, fused, interrupt, models, retrain, state
 from tuner_app.batches import FoldBatches
 from tuner_app.errors import UsageError
 from tuner_app.folds import FoldStore, splits, train_fold
@@ -25,7 +25,7 @@ from tuner_app.model_cache import ModelCache, architecture_key
 from tuner_app.models.checks import labels, own_fit
 from tuner_app.oracle import ResumableGridOracle
 from tuner_app.progress import Progress
-from tuner_app.settings import CVConfig
+from tuner_app.settings import CVConfig, RetrainConfig
 
 _SEARCH_KEYWORDS = {  # what KerasTuner users pass to search(), and where it lives here
     "epochs": "CVConfig(epochs=...)", "batch_size": "CVConfig(batch_size=...)",
@@ -51,15 +51,17 @@ class CVTuner(keras_tuner.Tuner):
         progress: Listener for trial/fold/epoch events.
         reuse_models: See `ModelCache`; None reuses compiled models under TensorFlow.
         tensorboard: Write TensorBoard logs (and HParams) to `<project>/tensorboard/trial_<id>/fold_<k>`.
+        retrain: The retrain expected next (`retrain.retrain_best` with these settings, on the same
+            images): under JAX on a GPU its call shapes compile in the background too (`_compile_later`).
         **kwargs: Passed to `keras_tuner.Tuner` (directory, project_name).
     """
 
     def __init__(self, hypermodel: keras_tuner.HyperModel, grid: Grid, cv: CVConfig, num_classes: int,
                  label_form: str = "one_hot", progress: Progress | None = None, reuse_models: bool | None = None,
-                 tensorboard: bool = False, **kwargs):
+                 tensorboard: bool = False, retrain: RetrainConfig | None = None, **kwargs):
         self.grid, self.cv, self.num_classes, self.label_form = grid, cv, num_classes, label_form
         self.progress = progress or Progress()
-        self.tensorboard = tensorboard
+        self.tensorboard, self.retrain = tensorboard, retrain
         self._splits: list | None = None
         self._asked = False  # asked the oracle for a trial and got none yet (IDLE)
         self.concurrent = False  # several trials run at once (on Ray): trials are not numbered in order
@@ -134,7 +136,7 @@ class CVTuner(keras_tuner.Tuner):
         """{point: its architecture's compilation} for the grid's architectures but `first`'s, each on a
         throwaway model built here (before `first`'s model: every fold's build is seeded anew)."""
         futures: dict[str, object] = {}
-        later = {}
+        later, architectures = {}, {}
         points = [dict(first.values), *(p for p in self.grid.points if dict(p) != dict(first.values))]
         for i, point in enumerate(points):
             hp = self.grid.hyperparameters.copy()
@@ -145,8 +147,12 @@ class CVTuner(keras_tuner.Tuner):
                 continue
             if key not in futures:
                 futures[key] = None if i == 0 else self._compile_point(hp, model, x, y_fit)
+                architectures[key] = hp
             if futures[key] is not None:
                 later[_point(point)] = futures[key]
+        if self.retrain is not None:
+            for hp in architectures.values():
+                retrain.compile_later(self.hypermodel, hp, x, y_fit, self.retrain)
         return later
 
     def _compile_point(self, hp: keras_tuner.HyperParameters, model, x, y_fit):
@@ -166,10 +172,6 @@ class CVTuner(keras_tuner.Tuner):
             if compiled_loop.usable(self.hypermodel, model, train, val):
                 future = compiled_loop.compile_later(model, train, val)
         return future
-
-    def on_search_end(self):
-        compiled_loop.stop_compiling_later()
-        super().on_search_end()
 
     def _run_fused(self, trial, trial_dir: str, pending: list[int], x, y_fit, store: FoldStore) -> None:
         def finished(record: dict, history: dict) -> None:

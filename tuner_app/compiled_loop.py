@@ -246,8 +246,12 @@ def wait(future: Future) -> None:
 
 
 def wait_for(label) -> None:
-    """`wait` for the latest `compile_later` given `label`, if any."""
+    """`wait` for the latest `compile_later` given `label`, if any, first cancelling the other labelled
+    ones not started (the retrain needs its own architecture's, not those queued before it)."""
     future = _LABELLED.pop(label, None)
+    for other in _LABELLED.values():
+        other.cancel()
+    _LABELLED.clear()
     if future is not None:
         wait(future)
 

@@ -245,15 +245,30 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 
 def disconnect() -> None:
-    """Leave Ray (a local Ray stops, and the reaper ends what it leaves)."""
+    """Leave Ray (a local Ray stops, and the reaper ends what it leaves). After a lost cluster, Ray's
+    native lines are muted first: its core worker goes on logging the objects it tries to recover, up
+    to the process's end, after the search's one line."""
     import ray
 
+    watch = _local.get("watch")
+    if watch is not None and watch.lost is not None:
+        _mute_native_stderr()
     if ray.is_initialized():
         ray.shutdown()
     reaper.release(_local.pop("reaper", None))
     watch = _local.pop("watch", None)
     if watch is not None:
         watch.left()
+
+
+def _mute_native_stderr() -> None:
+    """From now on, what native code writes to fd 2 goes nowhere; Python's `sys.stderr` (tuner-app's
+    error line) keeps writing where fd 2 did."""
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def slots(config: RayConfig, device: str) -> int:

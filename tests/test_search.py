@@ -123,22 +123,35 @@ def test_a_resume_under_another_backend_is_refused(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and tree(tmp_path) == before
 
 
-def test_auto_fold_mode_is_fused_on_a_gpu_and_sequential_on_a_cpu(small_dataset):
+def test_auto_fold_mode_is_fused_on_a_gpu_and_on_a_cpu_for_long_folds_under_tensorflow(small_dataset):
     import dataclasses
 
-    from tuner_app.search import resolve_fold_mode
+    import keras
+
+    from tuner_app.search import CPU_FUSED_MIN_STEPS, fold_steps, resolve_fold_mode
 
     short = plan_search(small_dataset, "seed", GRID, CVConfig(folds=5, epochs=1, batch_size=128), train_limit=600)
-    long = dataclasses.replace(short, cv=dataclasses.replace(short.cv, epochs=50))
-    for plan in (short, long):
-        assert resolve_fold_mode(plan, device="cpu") == "sequential"
-        assert resolve_fold_mode(plan, device="gpu") == "fused"
+    assert fold_steps(short) == 4  # 480 training rows of a fold in batches of 128
+
+    def plan(epochs, precision):
+        return dataclasses.replace(short, cv=dataclasses.replace(short.cv, epochs=epochs, precision=precision))
+
+    tensorflow = keras.backend.backend() == "tensorflow"
+    epochs = -(-CPU_FUSED_MIN_STEPS // 4)  # the fewest epochs that reach the threshold
+    for precision in ("float32", "mixed_bfloat16"):
+        assert fold_steps(plan(epochs, precision)) >= CPU_FUSED_MIN_STEPS > fold_steps(plan(epochs - 1, precision))
+        assert resolve_fold_mode(plan(epochs - 1, precision), device="cpu") == "sequential"
+        assert resolve_fold_mode(plan(epochs, precision), device="cpu") == ("fused" if tensorflow else "sequential")
+        assert resolve_fold_mode(plan(epochs, precision), device="cpu", ray=True) == "sequential"  # folds as tasks
+        for short_or_long in (1, epochs - 1, epochs):
+            assert resolve_fold_mode(plan(short_or_long, precision), device="gpu") == "fused"
     # a resumed project keeps its own; an explicit choice is taken as given
-    assert resolve_fold_mode(long, {"cv": {"fold_mode": "fused"}}, "cpu") == "fused"
+    long = plan(200, "float32")
+    assert resolve_fold_mode(short, {"cv": {"fold_mode": "fused"}}, "cpu") == "fused"
     assert resolve_fold_mode(long, {"cv": {"fold_mode": "sequential"}}, "gpu") == "sequential"
     given = dataclasses.replace(long, cv=dataclasses.replace(long.cv, fold_mode="sequential"))
     assert resolve_fold_mode(given, device="gpu") == "sequential"
-    given = dataclasses.replace(long, cv=dataclasses.replace(long.cv, fold_mode="fused"))
+    given = dataclasses.replace(short, cv=dataclasses.replace(short.cv, fold_mode="fused"))
     assert resolve_fold_mode(given, device="cpu") == "fused"
 
 

@@ -135,7 +135,7 @@ def search(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)] = None,
-    fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, sequential on a CPU (measured as fast or faster there, with less memory) and for a model with its own fit() or several inputs/outputs; a resume keeps the first run's.")] = FoldMode.auto,
+    fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, and on a CPU under TensorFlow (not with --ray) where each fold trains at least 100 steps, batches x epochs (measured faster there, slower on shorter folds); otherwise, and for a model with its own fit() or several inputs/outputs, sequential; a resume keeps the first run's.")] = FoldMode.auto,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
@@ -188,7 +188,8 @@ def search(
     cv = default_cv(loaded, folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
                     precision=info["precision"], objective=objective, fold_mode=fold_mode.value)
     plan = plan_search(ds, loaded, overrides, cv, train_limit)
-    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"]))
+    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"],
+                                                                   ray=ray_config is not None))
     if dry_run:
         from tuner_app.search import grid_params
 

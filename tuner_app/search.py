@@ -107,21 +107,44 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
 
 
-def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu") -> str:
+# `--fold-mode auto` under TensorFlow on a CPU: fused once each fold trains at least this many steps
+# (its batches times epochs), else sequential (README: "Fused or sequential on the CPU")
+CPU_FUSED_MIN_STEPS = 100
+
+
+def fold_steps(plan: SearchPlan) -> int:
+    """The training steps of a fold that runs all its epochs (its training rows in batches, times epochs)."""
+    n = len(plan.dataset.y_train)
+    rows = n - -(-n // plan.cv.folds)  # the training rows of the fold with the largest validation part
+    return -(-rows // plan.cv.batch_size) * plan.cv.epochs
+
+
+def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu", ray: bool = False) -> str:
     """"fused" or "sequential" for `--fold-mode auto`: a resumed project's own; else sequential for
     a model that cannot train fused or has its own `fit` (fused training would hand it a dataset
-    of fused batches); else fused on a GPU, sequential on a CPU. On the CPU, once the sequential
-    path kept its compiled steps from fold to fold (`ModelCache.prepare`, no tf.data autotuning),
-    it was measured as fast as fused or faster at 19, 150 and 750 training steps per fold
-    (Intel CPU, README: "Fused or sequential on the CPU"), with less memory; the other backends
-    were not measured fused on a CPU."""
+    of fused batches); else fused on a GPU. On a CPU under TensorFlow, fused where each fold trains
+    at least `CPU_FUSED_MIN_STEPS` steps: a fused trial traces its K-member step once per
+    architecture (seconds more than one model's), then saves a few milliseconds on every step.
+    Measured on three CPUs (README: "Fused or sequential on the CPU"): fused lost by about 20% at
+    19 steps per fold on all three; at 150 steps it won by 5-9% on the AMX and AMD machines
+    (bfloat16 and float32) and lost 5% on an Intel CPU without AMX (two separate runs of older
+    code); it won at 750 and 1,875 steps. The break-even, estimated from the AMD and AMX records, is
+    about 80 steps per fold on both. Sequential under PyTorch and JAX on a CPU (not measured
+    fused there), and on the CPUs of a Ray cluster (`ray`: there a trial's folds are tasks spread
+    over the workers; fused, they would be one task)."""
+    import keras
+
     if plan.cv.fold_mode != "auto":
         return plan.cv.fold_mode
     if stored and isinstance(stored.get("cv"), dict):
         return stored["cv"]["fold_mode"]
     if plan.check.fused_blocker or plan.check.own_fit:
         return "sequential"
-    return "fused" if device == "gpu" else "sequential"
+    if device == "gpu":
+        return "fused"
+    if not ray and keras.backend.backend() == "tensorflow" and fold_steps(plan) >= CPU_FUSED_MIN_STEPS:
+        return "fused"
+    return "sequential"
 
 
 def grid_params(plan: SearchPlan) -> list[int]:
@@ -200,7 +223,7 @@ def run_plan(plan: SearchPlan, directory: str | Path = "tuning_dirs", project: s
         distributed.wait_for_file(pdir / state.SEARCH_FILE)
     stored = None if overwrite or not (pdir / state.SEARCH_FILE).exists() else state.stored_settings(pdir)
     device = device or device_mod.resolve("auto")["device"]
-    plan.cv = dataclasses.replace(plan.cv, fold_mode=resolve_fold_mode(plan, stored, device))
+    plan.cv = dataclasses.replace(plan.cv, fold_mode=resolve_fold_mode(plan, stored, device, ray=ray is not None))
     settings = plan.settings(keras.backend.backend(), device)
     refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
     x = data_mod.scale_images(plan.dataset.x_train)

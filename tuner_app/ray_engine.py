@@ -246,14 +246,17 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 def disconnect() -> None:
     """Leave Ray (a local Ray stops, and the reaper ends what it leaves). After a lost cluster, Ray's
-    native lines are muted first: its core worker goes on logging the objects it tries to recover, up
-    to the process's end, after the search's one line."""
+    native lines are muted: its core worker goes on logging the objects it tries to recover, up to
+    the process's end, after the search's one line; and Ray is left to its exit handler."""
     import ray
 
     watch = _local.get("watch")
     if watch is not None and watch.lost is not None:
+        # no ray.shutdown() either: against a lost GCS it can wait until Ray's native core ends the
+        # process at its window's end, before the search's line is printed (seen once in CI); Ray's
+        # own exit handler shuts down after that line
         _mute_native_stderr()
-    if ray.is_initialized():
+    elif ray.is_initialized():
         ray.shutdown()
     reaper.release(_local.pop("reaper", None))
     watch = _local.pop("watch", None)
@@ -439,8 +442,9 @@ class RayEngine:
             self._relay(queue)
         finally:
             watch.end()
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+            if watch.lost is None:  # a lost cluster answers no cancel (the call could outlast Ray's window)
+                for ref in inflight:
+                    ray.cancel(ref, force=True)
             tuner.on_search_end()
 
     def _begin(self, trial) -> _Trial:

@@ -65,6 +65,21 @@ def test_the_compiled_loop_trains_as_keras_loop(data, folds, monkeypatch):
 
 
 @needs_jax
+@pytest.mark.parametrize("folds", [(1,), (1, 2, 3)], ids=["one fold", "fused"])
+def test_a_chunk_holds_no_conditional_the_device_would_wait_on(data, folds, monkeypatch):
+    """No `cond` (StableHLO `case` or `if`) in any chunk, training or validation: XLA's GPU runtime waits for
+    the device at every conditional. The padding steps of the test above are dropped by a select."""
+    monkeypatch.setattr(compiled_loop, "CHUNK", 4)
+    model, train, val = model_and_batches(data, folds)
+    model._symbolic_build(data_batch=train[0])
+    compiled = compiled_loop._compiled(model, train)
+    plan = [(compiled.train, train, compiled_loop._train_state), (compiled.test, val, compiled_loop._test_state)]
+    texts = [function.lower(*args).as_text() for function, args in compiled_loop._new_calls(compiled, plan, model)]
+    assert len(texts) == 4 and all("stablehlo.while" in text for text in texts)
+    assert not [op for text in texts for op in ("stablehlo.case", "stablehlo.if") if op in text]
+
+
+@needs_jax
 def test_callbacks_see_a_chunk_at_a_time_and_can_stop_the_training(data, monkeypatch):
     monkeypatch.setattr(compiled_loop, "CHUNK", 4)
     model, train, val = model_and_batches(data, (1,))

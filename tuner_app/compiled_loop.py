@@ -139,7 +139,14 @@ def _evaluate(model: keras.Model, batches: FoldBatches, test_chunk, callbacks) -
 def _chunks(batches: FoldBatches, epoch: int):
     """(first step, {fold: rows [n, batch]}, which of the n steps are real) per call: the epoch's partial
     first step alone (its own shapes), then the full steps in chunks of equal length (the last padded
-    with steps that do nothing), so that one compilation serves every chunk."""
+    with steps whose results are dropped), so that one compilation serves every chunk.
+
+    A padding step runs, and a select keeps the state it was given: a `jax.lax.cond` that skipped it
+    would make XLA's GPU runtime copy its predicate to the host and wait for the device at every step
+    (`ConditionalThunk::ExecuteOnStream`: `Memcpy`, then `BlockHostUntilDone`), so the host could not
+    queue a step's kernels while the device runs the one before. A scan's loop, its trip count known,
+    runs without such a wait (`WhileThunk`); a chunk holds no conditional
+    (`tests/test_compiled_loop.py`)."""
     size, orders = batches.batch_size, {k: batches.order(k, epoch) for k in batches.indices}
     firsts = {k: len(rows) % size or size for k, rows in orders.items()}
     step = 0
@@ -189,7 +196,9 @@ def _compiled(model: keras.Model, batches: FoldBatches) -> _Compiled:
                 def body(state, scanned):
                     r, real = scanned
                     data = structure(r, lambda i: x[i], lambda i: y[i], name)
-                    return jax.lax.cond(real, lambda s: step(s, data)[1], lambda s: s, state), None
+                    # a padding step's state is dropped by a select, not skipped by a `cond` (see `_chunks`)
+                    new = step(state, data)[1]
+                    return jax.tree.map(lambda n, s: jax.numpy.where(real, n, s), new, state), None
 
                 return jax.lax.scan(body, state, (rows, valid))[0]
 

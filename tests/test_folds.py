@@ -2,10 +2,11 @@
 
 import json
 
+import keras
 import numpy as np
 
 from tuner_app import models
-from tuner_app.batches import fold_batches
+from tuner_app.batches import fold_batches, validation_batch_size
 from tuner_app.data import one_hot, scale_images
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.model_cache import ModelCache
@@ -41,6 +42,33 @@ def test_a_folds_record_is_its_best_epoch_by_the_objective(small_dataset):
         best = int(pick(history[objective]))
         assert record["best_epoch"] == best + 1
         np.testing.assert_allclose(record["val_loss"], history["val_loss"][best], rtol=1e-5)
+
+
+def test_validation_batches_are_larger_than_training_ones_within_a_size_limit():
+    assert validation_batch_size(32, (28, 28, 1)) == 256  # MNIST: 256 rows of 784 values
+    assert validation_batch_size(512, (28, 28, 1)) == 512  # never fewer than a training batch
+    assert validation_batch_size(2, (224, 224, 3)) == 6  # 2**20 input values at most
+    assert validation_batch_size(32, (224, 224, 3)) == 32
+
+
+def test_a_folds_validation_pass_takes_validation_sized_batches(small_dataset):
+    hm = models.load_model("seed").hypermodel
+    hp = models.hyperparameters({"filters": "8,16", "learning_rate": 0.01, "dense_units": 16})
+    x, y = scale_images(small_dataset.x_train[:600]), one_hot(small_dataset.y_train[:600], 10)
+
+    class Count(keras.callbacks.Callback):
+        train = test = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.train += 1
+
+        def on_test_batch_end(self, batch, logs=None):
+            Count.test += 1
+
+    cv = CVConfig(folds=2, epochs=1, batch_size=16)
+    train_fold(hm, ModelCache(hm, reuse=False), cv, hp, 1, x, y, (np.arange(300), np.arange(300, 600)),
+               callbacks=[Count()])
+    assert (Count.train, Count.test) == (19, 2)  # 300 rows: 19 batches of 16, 2 of 256
 
 
 def test_the_store_keeps_finished_folds_and_writes_them_whole(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app import compiled_loop, interrupt, state
-from tuner_app.batches import fold_batches, fold_rows
+from tuner_app.batches import fold_batches, fold_rows, validation_batch_size
 from tuner_app.model_cache import ModelCache
 from tuner_app.models.checks import own_fit
 from tuner_app.progress import Progress, epoch_callback
@@ -95,7 +95,7 @@ def train_fold(hypermodel: keras_tuner.HyperModel, cache: ModelCache, cv: CVConf
                                  batch_size=cv.batch_size, verbose=0, callbacks=callbacks)
     else:
         batches, follow = fold_batches(x, y, tr, cv.batch_size, cv.seed, k)
-        val = fold_rows(x, y, va, cv.batch_size)
+        val = fold_rows(x, y, va, validation_batch_size(cv.batch_size, x.shape[1:]))
         if compiled_loop.usable(hypermodel, model, batches, val):
             history = compiled_loop.fit(model, batches, val, epochs=cv.epochs, callbacks=[follow, *callbacks])
         else:

@@ -39,7 +39,7 @@ import keras_tuner
 import numpy as np
 
 from tuner_app import compiled_loop, device, interrupt, models, state
-from tuner_app.batches import FoldBatches, FollowEpoch
+from tuner_app.batches import FoldBatches, FollowEpoch, validation_batch_size
 from tuner_app.folds import fold_record
 from tuner_app.model_cache import architecture_key
 from tuner_app.progress import Progress
@@ -348,7 +348,8 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     started = time.perf_counter() - elapsed
     train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch,
                         name=member_name)
-    val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, cv.batch_size, shuffle=False, name=member_name)
+    val = FoldBatches(x, y, {k: split[k - 1][1] for k in folds}, validation_batch_size(cv.batch_size, x.shape[1:]),
+                      shuffle=False, name=member_name)
     train_data, val_data = train.for_fit(), val.for_fit()  # (TensorFlow: one copy of x for every trial)
     progress.folds_start(tracker.active, cv.folds, cv.epochs, start_epoch)
 

@@ -20,7 +20,7 @@ from sklearn.metrics import confusion_matrix
 
 from tuner_app import compiled_loop, models, plots, report, state
 from tuner_app import data as data_mod
-from tuner_app.batches import FoldBatches, fold_batches, fold_rows
+from tuner_app.batches import FoldBatches, fold_batches, fold_rows, validation_batch_size
 from tuner_app.errors import DataError, DataWarning, UsageError
 from tuner_app.model_cache import architecture_key
 from tuner_app.models.checks import label_form, labels, own_fit
@@ -103,7 +103,8 @@ def retrain_best(
                    [epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
     compiled_loop.stop_compiling_later()  # (the other architectures' retrains: not needed now)
-    test_metrics, y_pred = _test(model, x_test, labels(dataset.y_test, form, classes), config.batch_size)
+    test_metrics, y_pred = _test(model, x_test, labels(dataset.y_test, form, classes),
+                                 validation_batch_size(config.batch_size, x_test.shape[1:]))
     predicted = np.argmax(y_pred, axis=1)
     seconds = time.perf_counter() - start
     progress.close()
@@ -143,14 +144,14 @@ def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, confi
     if own_fit(hypermodel):
         return hypermodel.fit(hp, model, x, y, epochs=config.epochs, batch_size=config.batch_size,
                               validation_split=config.validation_split, verbose=0, callbacks=callbacks)
-    split_at = _split_at(x, config)
+    split_at, val_size = _split_at(x, config), validation_batch_size(config.batch_size, x.shape[1:])
     batches, follow = fold_batches(x, y, np.arange(split_at), config.batch_size, seed, 0)
     if compiled_loop.usable(hypermodel, model, batches):
         compiled_loop.wait_for(_label(model))  # (`compile_later`: a search's background compilation)
-        return compiled_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), config.batch_size),
+        return compiled_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), val_size),
                                  epochs=config.epochs, callbacks=[follow, *callbacks])
     return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
-                          validation_batch_size=config.batch_size, shuffle=False, verbose=0,
+                          validation_batch_size=val_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])
 
 
@@ -161,7 +162,8 @@ def compile_later(hypermodel, hp, x: np.ndarray, y: np.ndarray, config: RetrainC
     model = models.build(hypermodel, hp, config.precision)
     split_at = _split_at(x, config)
     train = FoldBatches(x, y, {0: np.arange(split_at)}, config.batch_size)
-    val = FoldBatches(x, y, {0: np.arange(split_at, len(x))}, config.batch_size, shuffle=False)
+    val = FoldBatches(x, y, {0: np.arange(split_at, len(x))}, validation_batch_size(config.batch_size, x.shape[1:]),
+                      shuffle=False)
     if compiled_loop.usable(hypermodel, model, train, val):
         compiled_loop.compile_later(model, train, val, label=_label(model))
 

@@ -17,7 +17,7 @@ import keras_tuner
 import numpy as np
 
 from tuner_app import compiled_loop, fused, interrupt, models, retrain, state
-from tuner_app.batches import FoldBatches
+from tuner_app.batches import FoldBatches, validation_batch_size
 from tuner_app.errors import UsageError
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.grid import Grid
@@ -158,14 +158,14 @@ class CVTuner(keras_tuner.Tuner):
     def _compile_point(self, hp: keras_tuner.HyperParameters, model, x, y_fit):
         """Start compiling what the folds of `hp` will call (`model`: a build of it); the last future."""
         folds = list(range(1, self.cv.folds + 1))
-        size = self.cv.batch_size
+        sizes = self.cv.batch_size, validation_batch_size(self.cv.batch_size, x.shape[1:])
         if self.cv.fold_mode == "fused":
             model = fused.FusedModels(self.hypermodel, self.cv.precision, reuse=False).fresh(
                 hp, folds, self.cv.seed, x.shape[1:])
-            calls = [tuple(FoldBatches(x, y_fit, {k: self._splits[k - 1][part] for k in folds}, size,
+            calls = [tuple(FoldBatches(x, y_fit, {k: self._splits[k - 1][part] for k in folds}, sizes[part],
                                        shuffle=part == 0, name=fused.member_name) for part in (0, 1))]
         else:
-            calls = [(FoldBatches(x, y_fit, {k: tr}, size), FoldBatches(x, y_fit, {k: va}, size, shuffle=False))
+            calls = [(FoldBatches(x, y_fit, {k: tr}, sizes[0]), FoldBatches(x, y_fit, {k: va}, sizes[1], shuffle=False))
                      for k, (tr, va) in enumerate(self._splits, 1)]
         future = None
         for train, val in calls:

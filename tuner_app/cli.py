@@ -368,7 +368,8 @@ def main() -> None:
         print(f"tuner-app: error: {e.as_option('--' + e.name.replace('_', '-'))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except TunerAppError as e:
-        print(f"tuner-app: error: {e}", file=sys.stderr)
+        if not e.said:  # (a lost Ray cluster's line is printed as soon as it is known)
+            print(f"tuner-app: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -9,6 +9,7 @@ class TunerAppError(Exception):
     """Base class: a failure with a one-line, actionable message."""
 
     exit_code = 1
+    said = False  # True once printed (a lost Ray cluster's line is said at once; the CLI does not repeat it)
 
 
 class UsageError(TunerAppError):

@@ -161,7 +161,6 @@ class _ClusterWatch(threading.Thread):
             raise self.lost
 
     def run(self) -> None:
-        import ray
         from ray._private import worker
 
         silent_since = None
@@ -171,17 +170,17 @@ class _ClusterWatch(threading.Thread):
                                                                    timeout=self.ASK_TIMEOUT_S)
                 silent_since = None
                 continue
-            except (ray.exceptions.RpcError, TimeoutError, ConnectionError):
+            except (AttributeError, TypeError, NotImplementedError):  # Ray's private client API changed, or Ray
+                return  # Client mode: Ray's own handling
+            except Exception:  # noqa: BLE001 - no answer, however Ray says it (RpcError, a timeout, OSError, ...)
                 silent_since = silent_since or time.monotonic()
-            except Exception:  # noqa: BLE001 - Ray's private client API changed, or Ray Client mode: Ray's own handling
-                return
             silent = time.monotonic() - silent_since
             if silent >= self.grace:
                 self.lost = TunerAppError(f"lost the Ray cluster at {self.address}: its GCS has not answered for "
                                           f"{silent:.0f} s; the folds that finished are kept: rerun the same "
                                           "command once the cluster is back")
                 if not self._left.wait(self.LEAVE_WAIT_S):  # stuck in one of Ray's calls
-                    print(f"tuner-app: error: {self.lost}", file=sys.stderr, flush=True)
+                    say(self.lost)
                     os._exit(self.lost.exit_code)
                 return
 
@@ -244,10 +243,18 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         raise UsageError(f"--ray: cannot reach {address} ({e.strerror or e}); {_ADDRESS_HINT}") from None
 
 
+def say(error: TunerAppError) -> None:
+    """Print the search's one line for `error` now (the CLI then prints nothing more)."""
+    print(f"tuner-app: error: {error}", file=sys.stderr, flush=True)
+    error.said = True
+
+
 def disconnect() -> None:
     """Leave Ray (a local Ray stops, and the reaper ends what it leaves). After a lost cluster, Ray's
-    native lines are muted: its core worker goes on logging the objects it tries to recover, up to
-    the process's end, after the search's one line; and Ray is left to its exit handler."""
+    native lines are muted (its core worker goes on logging the objects it tries to recover, up to
+    the process's end), the search's one line is printed at once, and Ray is left to its exit
+    handler: Ray's native core ends the process at its reconnect window's end, whatever the
+    process is doing then."""
     import ray
 
     watch = _local.get("watch")
@@ -256,6 +263,7 @@ def disconnect() -> None:
         # process at its window's end, before the search's line is printed (seen once in CI); Ray's
         # own exit handler shuts down after that line
         _mute_native_stderr()
+        say(watch.lost)
     elif ray.is_initialized():
         ray.shutdown()
     reaper.release(_local.pop("reaper", None))

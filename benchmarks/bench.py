@@ -73,6 +73,16 @@ def machine() -> str:
     return f"{device.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def write_probe(what: str, script: str, backend: str, rows: list[dict], path: Path | None, name: str) -> None:
+    """A probe's record (epoch.py, eval_batch.py): what, its command, machine, date, backend and rows, to
+    `path` or benchmarks/results/<name>-<date>.json."""
+    result = {"what": what, "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]), "machine": machine(),
+              "date": datetime.date.today().isoformat(), "backend": backend, "rows": rows}
+    path = path or ROOT / "benchmarks" / "results" / f"{name}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def on_this_machine(rows: list[dict]) -> bool:
     """Whether every row ran on this machine: a seed row taken (--seed-from) from another machine's record gives
     no ratio, since a ratio compares two pipelines on one machine."""

@@ -13,8 +13,6 @@ one backend per process (Keras picks its backend once) on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -39,7 +37,7 @@ def main() -> None:
 
     info = device.settle(args.backend, "cpu", "float32")
     import keras
-    from bench import machine
+    from bench import write_probe
 
     from tuner_app import models
     from tuner_app.data import load_dataset, one_hot, scale_images
@@ -68,13 +66,9 @@ def main() -> None:
                 print(f"{architecture} {precision}: {seconds[i, precision][-1]} s per epoch of {len(x)} images", flush=True)
     rows = [{"hyperparameters": architectures[i][0], "precision": precision, "epoch_s": round(statistics.median(times), 3),
              "rounds_s": times} for (i, precision), times in seconds.items()]
-    result = {"what": f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid "
-                      f"(median of {args.rounds} rounds)",
-              "command": " ".join(["python", "benchmarks/epoch.py", *sys.argv[1:]]), "machine": machine(),
-              "date": datetime.date.today().isoformat(), "backend": info["backend"], "rows": rows}
-    path = args.json or ROOT / "benchmarks" / "results" / f"epoch-{args.model}-{info['backend']}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_probe(f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid "
+                f"(median of {args.rounds} rounds)", "epoch.py", info["backend"], rows, args.json,
+                f"epoch-{args.model}-{info['backend']}")
 
 
 if __name__ == "__main__":

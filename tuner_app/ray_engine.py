@@ -259,9 +259,8 @@ def disconnect() -> None:
 
     watch = _local.get("watch")
     if watch is not None and watch.lost is not None:
-        # no ray.shutdown() either: against a lost GCS it can wait until Ray's native core ends the
-        # process at its window's end, before the search's line is printed (seen once in CI); Ray's
-        # own exit handler shuts down after that line
+        # no ray.shutdown(): against a lost GCS it can wait until Ray's native core ends the process
+        # at its window's end; Ray's own exit handler shuts down, after the line said here
         _mute_native_stderr()
         say(watch.lost)
     elif ray.is_initialized():

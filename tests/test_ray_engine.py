@@ -324,9 +324,12 @@ def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuse
         wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
-    last = stderr.strip().splitlines()[-1]  # tuner-app's, not Ray's "Failed to connect to GCS within 20 s..."
-    assert last.startswith(f"tuner-app: error: lost the Ray cluster at {address}: its GCS has not answered for "), stderr
-    assert last.endswith(" s; the folds that finished are kept: rerun the same command once the cluster is back")
+    # tuner-app's line, not Ray's "Failed to connect to GCS within 20 s...": said by the search once its GCS has
+    # not answered for 5 s, or, where Ray's core ended the search first (the node on this machine stopped under a
+    # lost object's recovery), by tuner_app.last_line
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"tuner-app: error: lost the Ray cluster at {address}: "), stderr
+    assert last.endswith("; the folds that finished are kept: rerun the same command once the cluster is back")
     assert "Traceback" not in stderr and stderr.count("tuner-app: error:") == 1, stderr  # said once, not again at exit
     kept = fold_records(pdir)
     assert kept

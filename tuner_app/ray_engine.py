@@ -15,7 +15,8 @@ disk, as a lone search does. SIGTERM or Ctrl-C cancels the tasks in flight and s
 lone search stops. A local Ray started here ends with this process (Ray's own services are
 tied to the process that started them). A local Ray that loses its raylet or GCS under the
 search (`_check_local_ray`), or a cluster whose GCS stops answering (`_ClusterWatch`), ends the
-search in one line, its finished folds kept.
+search in one line, its finished folds kept; where Ray's core ends the driver itself first (the
+node on its machine gone with the cluster), `tuner_app.last_line` says the line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuner_app import interrupt, reaper
+from tuner_app import interrupt, last_line, reaper
 from tuner_app.errors import TunerAppError, UsageError
 from tuner_app.folds import FoldStore, splits
 from tuner_app.models.checks import labels
@@ -41,7 +42,7 @@ from tuner_app.oracle import COMPLETED, INVALID, RUNNING
 from tuner_app.progress import Progress
 from tuner_app.settings import RayConfig
 
-_local: dict = {}  # the reaper of a local Ray started here (tuner_app.reaper), the watch of a cluster joined
+_local: dict = {}  # a local Ray's reaper (tuner_app.reaper); a joined cluster's watch and last_line watcher
 _ADDRESS_HINT = ("check --ray-address or RAY_ADDRESS (`ray status` on the head node prints it), or give neither for "
                  "a local Ray")
 TASK_NAME = "tuner-app-fold"  # what a busy Ray worker process shows as its title: ray::tuner-app-fold
@@ -88,6 +89,27 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
             raise UsageError(_connect_error(address, e, native.read().decode(errors="replace"))) from None
     if address is None:
         _local["reaper"] = reaper.watch()
+    else:
+        _watch_last_line(address)
+
+
+def _lost(address: str, why: str) -> TunerAppError:
+    return TunerAppError(f"lost the Ray cluster at {address}: {why}; the folds that finished are kept: rerun the same "
+                         "command once the cluster is back")
+
+
+def _watch_last_line(address: str) -> None:
+    """The line for Ray's core ending this process when the node on this machine stops (tuner_app.last_line)."""
+    try:
+        from ray._private import worker
+
+        raylet_socket = worker.global_worker.node.raylet_socket_name
+    except Exception:  # noqa: BLE001 - Ray's private node API: without it, no watcher
+        return
+    if not last_line.node_is_up(raylet_socket):  # a socket the watcher could not tell up from down by
+        return
+    error = _lost(address, "the Ray node on this machine stopped, and Ray's core ended this process")
+    _local["last_line"] = last_line.watch(f"tuner-app: error: {error}", raylet_socket)
 
 
 _RAY_CORE = ("gcs_server", "raylet")  # a local Ray cannot go on without them (Ray's process types)
@@ -176,9 +198,7 @@ class _ClusterWatch(threading.Thread):
                 silent_since = silent_since or time.monotonic()
             silent = time.monotonic() - silent_since
             if silent >= self.grace:
-                self.lost = TunerAppError(f"lost the Ray cluster at {self.address}: its GCS has not answered for "
-                                          f"{silent:.0f} s; the folds that finished are kept: rerun the same "
-                                          "command once the cluster is back")
+                self.lost = _lost(self.address, f"its GCS has not answered for {silent:.0f} s")
                 if not self._left.wait(self.LEAVE_WAIT_S):  # stuck in one of Ray's calls
                     say(self.lost)
                     os._exit(self.lost.exit_code)
@@ -247,6 +267,7 @@ def say(error: TunerAppError) -> None:
     """Print the search's one line for `error` now (the CLI then prints nothing more)."""
     print(f"tuner-app: error: {error}", file=sys.stderr, flush=True)
     error.said = True
+    last_line.done(_local.pop("last_line", None))  # said: nothing left for the watcher to say
 
 
 def disconnect() -> None:
@@ -266,6 +287,7 @@ def disconnect() -> None:
     elif ray.is_initialized():
         ray.shutdown()
     reaper.release(_local.pop("reaper", None))
+    last_line.done(_local.pop("last_line", None))
     watch = _local.pop("watch", None)
     if watch is not None:
         watch.left()

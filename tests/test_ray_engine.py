@@ -26,9 +26,9 @@ from tuner_app import reaper
 
 ray = pytest.importorskip("ray")  # installed with the test extra: `pip install '.[test]'`
 
-# The seed's 6-point grid on a small subset, 5 folds x 1 epoch, one thread per fold (each Ray task
+# The seed's 6-point grid on a small subset, 3 folds x 1 epoch, one thread per fold (each Ray task
 # trains with --cpus-per-task threads, so the lone search it is compared with does too).
-GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1", "--quiet"]
+GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--folds", "3", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
 # Under the two xdist workers one worker runs this file (`--dist loadfile`), one test after another,
@@ -134,7 +134,7 @@ def test_ray_search_equals_a_lone_search(tmp_path, ray_env, lone):
     run_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p", check=True)
     results = json.loads(run_cli("results", "--directory", tmp_path, "--project", "p", "-f", "json", check=True).stdout)
     assert len(results) == 6 and all(t["status"] == "COMPLETED" for t in results)
-    assert by_point(tmp_path / "p") == lone  # 6 x 5 fold records: same folds, seeds and scores
+    assert by_point(tmp_path / "p") == lone  # 6 x 3 fold records: same folds, seeds and scores
 
 
 def test_a_ray_worker_killed_mid_fold_is_retried(tmp_path, ray_env, lone):
@@ -292,7 +292,7 @@ def test_a_users_model_file_on_a_running_cluster_equals_a_lone_search(tmp_path, 
     (one line, at once), and with it the user's FILE.py travels inside the tasks."""
     model = tmp_path / "user_model.py"
     shutil.copy(MODELS / "dense_net.py", model)
-    small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--folds", "3", "--directory", tmp_path]
+    small = [*GRID, "--model", f"{model}:build", "--grid", "units=32", "--directory", tmp_path]
     with ray_head(ray_env) as (address, token):
         args = [*small, "--ray-address", address]
         began = time.monotonic()

@@ -104,10 +104,11 @@ def process_name(pid: int) -> str:
         return ""
 
 
-def rerun_reuses(directory: Path, kept: dict, lone: dict) -> None:
-    """The same `--ray` search of project p again: the `kept` fold records are not retrained, and the
-    grid's records equal the lone search's."""
-    run_cli("search", *GRID, "--ray", "--directory", directory, "--project", "p", check=True)
+def rerun_reuses(directory: Path, kept: dict, lone: dict, *, ray: bool = True) -> None:
+    """The search of project p again, on a local Ray or (`ray=False`) alone, one thread as a Ray task:
+    the `kept` fold records are not retrained, and the grid's records equal the lone search's."""
+    run_cli("search", *GRID, *(["--ray"] if ray else ["--threads", "1"]), "--directory", directory, "--project", "p",
+            check=True)
     records = fold_records(directory / "p")
     assert all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())  # not retrained
     assert by_point(directory / "p") == lone
@@ -137,33 +138,24 @@ def test_ray_search_equals_a_lone_search(tmp_path, ray_env, lone):
     assert by_point(tmp_path / "p") == lone  # 6 x 3 fold records: same folds, seeds and scores
 
 
-def test_a_ray_worker_killed_mid_fold_is_retried(tmp_path, ray_env, lone):
-    proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
-    pdir = tmp_path / "p"
-    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
-    wait_for(lambda: ray_processes(ray_env, "ray::tuner-app-fold"), proc=proc)  # a worker in a fold now
-    victim = ray_processes(ray_env, "ray::tuner-app-fold")[0]
-    os.kill(victim, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
-    assert by_point(pdir) == lone  # every grid point once, every fold once, the same scores
-    assert len(list(pdir.glob("trial_*"))) == 6
-
-
-def test_a_lost_progress_queue_costs_progress_only(tmp_path, ray_env, lone):
-    """Ray's queue actor that carries the tasks' progress events dies mid-search (as it became
-    unreachable once on a busy machine): the search goes on to the same records, one line of
-    output less, no traceback."""
+def test_a_ray_worker_killed_mid_fold_is_retried_and_a_lost_progress_queue_costs_progress_only(tmp_path, ray_env,
+                                                                                               lone):
+    """Two faults in one search. Ray's queue actor that carries the tasks' progress events dies (as it
+    became unreachable once on a busy machine), then a worker dies in the middle of a fold: the fold is
+    retried and the search goes on to the lone search's records, lines of output less, no traceback."""
     proc = start_cli("search", *GRID, "--ray", "--directory", tmp_path, "--project", "p")
     pdir = tmp_path / "p"
     wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 2, proc=proc)
     wait_for(lambda: ray_processes(ray_env, "ray::_QueueActor"), proc=proc)
     for victim in ray_processes(ray_env, "ray::_QueueActor"):
         os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: ray_processes(ray_env, "ray::tuner-app-fold"), proc=proc)  # a worker in a fold now
+    os.kill(ray_processes(ray_env, "ray::tuner-app-fold")[0], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert by_point(pdir) == lone
+    assert by_point(pdir) == lone  # every grid point once, every fold once, the same scores
+    assert len(list(pdir.glob("trial_*"))) == 6
 
 
 def test_a_killed_driver_leaves_nothing_running_and_the_rerun_reuses_its_folds(tmp_path, ray_env, lone):
@@ -210,7 +202,7 @@ def test_a_local_ray_stopped_under_the_search_ends_it_in_one_line_and_the_rerun_
     assert not still_running(started), still_running(started, 0)
     kept = fold_records(pdir)
     assert kept
-    rerun_reuses(tmp_path, kept, lone)
+    rerun_reuses(tmp_path, kept, lone, ray=False)  # a Ray rerun: the killed driver's test
 
 
 @pytest.mark.parametrize("args, message", [
@@ -333,7 +325,7 @@ def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuse
     assert "Traceback" not in stderr and stderr.count("tuner-app: error:") == 1, stderr  # said once, not again at exit
     kept = fold_records(pdir)
     assert kept
-    rerun_reuses(tmp_path, kept, lone)
+    rerun_reuses(tmp_path, kept, lone, ray=False)  # a Ray rerun: the killed driver's test
 
 
 def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path, ray_env):

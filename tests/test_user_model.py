@@ -19,8 +19,10 @@ def _key(values: dict) -> str:
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
+    """The search as a user types it in their model's folder: FILE.py relative to it."""
     directory = tmp_path_factory.mktemp("user_model")
-    run_cli(*SEARCH, "--directory", directory, "--project", "dense", check=True)
+    search = [a if a != MODEL else "dense_net.py:build" for a in SEARCH]
+    run_cli(*search, "--directory", directory, "--project", "dense", cwd=MODELS, check=True)
     return directory
 
 
@@ -36,16 +38,19 @@ def test_every_declared_point_is_one_completed_trial_keyed_by_the_models_names(s
     table = run_cli("results", "--directory", searched, "--project", "dense", check=True).stdout
     assert "second_units" in table and "best: units=" in table
     search = json.loads((searched / "dense" / "search.json").read_text())
-    assert search["model"]["spec"] == MODEL and len(search["model"]["sha256"]) == 64
+    assert search["model"]["spec"] == "dense_net.py:build" and search["model"]["file"] == str(MODELS / "dense_net.py")
+    assert len(search["model"]["sha256"]) == 64
     assert search["grid"]["size"] == 6
 
 
 def test_retrain_best_rebuilds_the_users_model_and_saves_one_that_reloads(searched):
-    proc = run_cli("retrain-best", "--directory", searched, "--project", "dense", "--epochs", "2", check=True)
+    """From another working directory than the search's: the model comes from the file the search read."""
+    proc = run_cli("retrain-best", "--directory", searched, "--project", "dense", "--epochs", "2", cwd=searched,
+                   check=True)
     printed = float(proc.stdout.strip().splitlines()[-1].removeprefix("test accuracy: "))
     report = json.loads((searched / "dense" / "retrain.json").read_text())
     best = json.loads(run_cli("results", "--directory", searched, "--project", "dense", "-f", "json").stdout)[0]
-    assert report["hyperparameters"] == best["hyperparameters"] and report["model"] == MODEL
+    assert report["hyperparameters"] == best["hyperparameters"] and report["model"] == "dense_net.py:build"
     assert report["test_accuracy"] == pytest.approx(printed, abs=5e-5) and printed > 0.5
     assert report["same_data_as_search"] is True and report["train_size"] == 1000
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import keras
@@ -206,7 +206,17 @@ def _model(searched: dict, hypermodel, dataset: data_mod.Dataset) -> models.Load
     if hypermodel is None and searched["spec"].startswith("__main__:"):
         raise UsageError(f"the search's model {searched['spec']} was defined in a notebook or script; "
                          "pass it again: retrain_best(..., hypermodel=...)")
-    loaded = models.load_model(hypermodel or searched["spec"], dataset.input_shape, dataset.num_classes)
+    spec, target = searched["spec"], hypermodel
+    where, _, name = spec.rpartition(":")
+    if target is None and searched.get("file") and (where.endswith(".py") or "/" in where):
+        # the file the search read, from any working directory (a relative FILE.py was the search's)
+        if not Path(searched["file"]).is_file():
+            raise UsageError(f"the search's model file {searched['file']} ({spec}) is gone; put it back there to "
+                             "retrain the best trial")
+        target = f"{searched['file']}:{name}"
+    loaded = models.load_model(target or spec, dataset.input_shape, dataset.num_classes)
+    if target is not hypermodel:
+        loaded = replace(loaded, spec=spec)  # reported as the search named it
     if searched.get("sha256") and loaded.sha256 and loaded.sha256 != searched["sha256"]:
         warnings.warn(DataWarning(f"model file {loaded.file} changed since the search; retraining the file as it "
                                   "is now"))

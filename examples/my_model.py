@@ -1,6 +1,6 @@
 """An example of bringing your own model to tuner-app (README, "Bring your own model").
 
-    tuner-app search --model examples/my_model.py:build --dry-run
+    tuner-app search --model examples/my_model.py:build --dataset mnist-sample --dry-run
     tuner-app search --model examples/my_model.py:build --dataset mnist-sample --folds 3 --epochs 3
 
 A dense network with four declared hyperparameters, one of them conditional on a boolean:

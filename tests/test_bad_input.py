@@ -60,6 +60,10 @@ CASES = [
     ("grid name not declared", ["--grid", "nope=1"], "declares no hyperparameter 'nope'"),
     ("grid value of the wrong type", ["--grid", "dense_units=wide"], "dense_units takes int values"),
     ("grid option without values", ["--grid", "dense_units"], "give NAME=V1,V2"),
+    ("a preset's grid value split at its comma", ["--grid", "filters=16,32"],
+     "--grid filters=16: give two positive integers"),
+    ("a grid value the model refuses", ["--model", f"{MODELS / 'dense_net.py'}:build", "--grid", "units=0"],
+     "check the values given with --grid units, or fix the model"),
     ("missing model file", ["--model", "nowhere.py:build"], "no such file nowhere.py"),
     ("model name not in the file", ["--model", f"{BROKEN}:nope"], "has no 'nope'"),
     ("model build raises", ["--model", f"{BROKEN}:raises"], "raised ValueError: this model has a bug"),
@@ -127,7 +131,7 @@ def test_bad_search_input(tmp_path, searched, capsys, name, extra, fragment):
     (["--validation-split", "1.5"], "--validation-split"),
     (["--validation-split", "0"], "--validation-split"),
     (["--epochs", "0"], "--epochs 0"),
-    (["--data", str(MNIST_SAMPLE / "README.md")], "not a readable .npz"),
+    (["--data", str(MNIST_SAMPLE / "README.md")], "not an .npz file"),
 ])
 def test_bad_retrain_input(searched, capsys, extra, fragment):
     before = _tree(searched)
@@ -135,6 +139,37 @@ def test_bad_retrain_input(searched, capsys, extra, fragment):
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and fragment in err
     assert _tree(searched) == before
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--epochs", "2"], "was searched with other settings"),
+    (["--directory", "/proc/tuning_dirs"], "--directory"),
+])
+def test_a_refused_search_says_its_one_line_without_a_header(searched, capsys, extra, fragment):
+    """Without --quiet too: the search's header line comes only once every check has passed."""
+    before = _tree(searched)
+    args = [a for a in _small_search_with(extra) if a != "--quiet"]
+    code, err = run_cli_here(capsys, "search", *args, "--project", "small",
+                             *([] if "--directory" in extra else ["--directory", searched]))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert _tree(searched) == before
+
+
+@pytest.mark.parametrize("option, value", [("--retrain-epochs", "0"), ("--validation-split", "2")])
+def test_run_refuses_a_bad_retrain_option_before_it_searches(tmp_path, capsys, option, value):
+    code, err = run_cli_here(capsys, "run", *SMALL_SEARCH, option, value, "--directory", tmp_path / "d")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tuner-app: error: {option} {value}") and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"x_train,y_train\n1,2\n", "not an .npz file"),
+    (b"PK\x03\x04 half of a zip", "not a readable .npz file (File is not a zip file)"),
+])
+def test_a_data_file_that_is_not_an_npz(tmp_path, capsys, content, fragment):
+    (tmp_path / "data.npz").write_bytes(content)
+    code, err = run_cli_here(capsys, "search", *SMALL_SEARCH, "--data", tmp_path / "data.npz", "--directory", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 def test_unwritable_directory(tmp_path, capsys):

@@ -87,10 +87,10 @@ def _precision(precision: Precision | None, mixed_precision: bool, default: str)
     return "mixed" if mixed_precision else (precision.value if precision else default)
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool, header: str | None = None):
     from tuner_app.progress import Progress, RichProgress
 
-    return Progress() if quiet else RichProgress(err)
+    return Progress() if quiet else RichProgress(err, header)
 
 
 def _argv(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
@@ -200,15 +200,14 @@ def search(
         return
     if role == "worker":
         distributed.watch_chief()
-    if not quiet:
-        where = "serving the oracle for workers on" if role == "chief" else "on"
-        if ray_config:
-            where = f"on Ray ({ray_config.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
-        err.print(f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
-                  f"{len(plan.grid)} grid points x {cv.folds} folds, {plan.cv.fold_mode}", soft_wrap=True)
+    where = "serving the oracle for workers on" if role == "chief" else "on"
+    if ray_config:
+        where = f"on Ray ({ray_config.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
+    header = (f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
+              f"{len(plan.grid)} grid points x {cv.folds} folds, {plan.cv.fold_mode}")  # said once the checks pass
     try:
         with stop_on_signals(immediate=role == "chief"):
-            run_plan(plan, directory, project, overwrite, _progress(quiet), tensorboard=tensorboard,
+            run_plan(plan, directory, project, overwrite, _progress(quiet, header), tensorboard=tensorboard,
                      device=info["device"], ray=ray_config)
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
@@ -319,12 +318,24 @@ def run(
     **options,
 ):
     """The whole job in one process: search (or resume), then retrain-best on the same data; the options are search's."""
+    _check_retrain_options(epochs=retrain_epochs, validation_split=validation_split)  # before the search
     search(ctx, **options, dry_run=False, workers=None, chief=None)
     retrain_best(dataset=options["dataset"], data=options["data"], train_limit=options["train_limit"],
                  directory=options["directory"], project=options["project"], epochs=retrain_epochs,
                  batch_size=options["batch_size"], validation_split=validation_split, seed=options["seed"],
                  device=options["device"], backend=options["backend"], precision=retrain_precision, mixed_precision=False,
                  threads=options["threads"], quiet=options["quiet"])
+
+
+def _check_retrain_options(**given) -> None:
+    """Refuse `run`'s retrain options by their own names before the search starts, not after it."""
+    from tuner_app.settings import RetrainConfig
+
+    try:
+        RetrainConfig(**{k: v for k, v in given.items() if v is not None})
+    except SettingError as e:
+        raise UsageError(e.as_option("--retrain-epochs" if e.name == "epochs" else "--" + e.name.replace("_", "-"))) \
+            from None
 
 
 def _run_signature() -> None:

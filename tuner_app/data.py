@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,14 @@ def _download(name: str):
 
 def _load_npz(path: Path):
     try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DataError(f"--data {path}: cannot read it ({e.strerror}); give an .npz or a directory of IDX files") from None
+    if magic[:2] != b"PK":  # an .npz is a zip archive; numpy would try anything else as a pickle
+        raise DataError(f"--data {path}: not an .npz file (numpy.savez writes one); give an .npz with arrays "
+                        f"{', '.join(NPZ_KEYS)}, or a directory of the four MNIST IDX files")
+    try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
@@ -124,8 +133,10 @@ def _load_npz(path: Path):
             return tuple(f[k] for k in NPZ_KEYS)
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"--data {path}: not a readable .npz file ({e}); give an .npz or a directory of IDX files") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = "it holds object arrays, which tuner-app does not unpickle" if "pickle" in str(e) else str(e)
+        raise DataError(f"--data {path}: not a readable .npz file ({reason}); give an .npz of numeric arrays "
+                        f"{', '.join(NPZ_KEYS)}, or a directory of IDX files") from None
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -53,10 +53,17 @@ def describe(values: dict) -> str:
 
 
 class RichProgress(Progress):
-    """Bars for trials and for the epochs of the current fold, a log line per fold."""
+    """Bars for trials and for the epochs of the current fold, a log line per fold.
 
-    def __init__(self, console: rich.console.Console | None = None):
+    Args:
+        console: Where to write (default: stderr).
+        header: A line said when the search starts, once every check has passed (a refused
+            search says its one line only).
+    """
+
+    def __init__(self, console: rich.console.Console | None = None, header: str | None = None):
         self.console = console or rich.console.Console(file=sys.stderr)
+        self.header = header
         self.bars = rich.progress.Progress(
             rich.progress.TextColumn("{task.description}"),
             rich.progress.BarColumn(),
@@ -73,6 +80,8 @@ class RichProgress(Progress):
 
     def search_start(self, total, done, where, objective="val_accuracy", direction="max"):
         self._objective, self._better = objective, max if direction == "max" else min
+        if self.header:
+            self.console.print(self.header, soft_wrap=True)
         self.bars.start()
         self._trials = self.bars.add_task("trials", total=total, completed=done)
         if done:

@@ -100,7 +100,7 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
         raise failure(loaded, {}, tuple(x.shape[1:]), e, "building it") from None
     model_grid = grid_mod.Grid.from_space(space, grid)
     check = check_model(loaded, model_grid.points[0], x, dataset.y_train[: 64], dataset.num_classes, cv.objective,
-                        cv.precision)
+                        cv.precision, tuple(grid or ()))
     if cv.fold_mode == "fused" and check.fused_blocker:
         raise UsageError(f"--fold-mode fused: model {loaded.spec} cannot train fused ({check.fused_blocker}); "
                          "use --fold-mode sequential")

@@ -17,7 +17,7 @@ import keras_tuner
 import numpy as np
 
 from tuner_app import models
-from tuner_app.errors import DataError, ModelError
+from tuner_app.errors import DataError, ModelError, SettingError, UsageError
 from tuner_app.models import LoadedModel
 
 PROBE_IMAGES = 8
@@ -77,7 +77,7 @@ def labels(y: np.ndarray, form: str, num_classes: int) -> np.ndarray:
 
 
 def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray, num_classes: int,
-                objective: str, precision: str = "float32") -> ModelCheck:
+                objective: str, precision: str = "float32", given: tuple[str, ...] = ()) -> ModelCheck:
     """Build `values` (the first grid point) and try it on a few of the images.
 
     Args:
@@ -88,6 +88,7 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
         num_classes: Classes in the data.
         objective: The metric that will score folds.
         precision: The dtype policy the search trains in.
+        given: The hyperparameters whose values the user gave (`--grid`), named in a failure's fix.
 
     Raises:
         ModelError: with one line naming the model and the fix.
@@ -97,7 +98,7 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
     try:
         model = models.build(loaded.hypermodel, models.hyperparameters(values), precision)
     except Exception as e:  # noqa: BLE001 - whatever the user's build raises
-        raise failure(loaded, values, shape, e, "building it") from None
+        raise failure(loaded, values, shape, e, "building it", given=given) from None
     if not isinstance(model, keras.Model):
         raise ModelError(f"--model {spec}: build(hp) returned {type(model).__name__}, not a Keras model; return the "
                          "compiled keras.Model")
@@ -108,7 +109,7 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
     try:
         out = keras.ops.convert_to_numpy(model(sample, training=False))
     except Exception as e:  # noqa: BLE001
-        raise failure(loaded, values, shape, e, "running it on the images", model) from None
+        raise failure(loaded, values, shape, e, "running it on the images", model, given) from None
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ModelError(f"--model {spec}: the model's output has shape {(None, *out.shape[1:])} but the data has "
                          f"{num_classes} classes; end the model with Dense({num_classes}) (build may take num_classes)")
@@ -128,8 +129,15 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
     return ModelCheck(form, names, params, blocker, own_fit(loaded.hypermodel))
 
 
-def failure(loaded: LoadedModel, values: dict, shape: tuple, e: Exception, doing: str, model=None) -> Exception:
-    """A DataError when the images are too small for the model, else a ModelError quoting `e`."""
+def failure(loaded: LoadedModel, values: dict, shape: tuple, e: Exception, doing: str, model=None,
+            given: tuple[str, ...] = ()) -> Exception:
+    """A DataError when the images are too small for the model; a UsageError naming `--grid` when a
+    preset refused a value given there (a preset is not the user's to fix); else a ModelError quoting
+    `e`, whose fix names the `given` values too."""
+    if isinstance(e, SettingError) and isinstance(loaded.hypermodel, models.Preset) and e.name in given:
+        comma = ("; a value holding a comma goes in a JSON list: --grid "
+                 f"'{e.name}=[\"A,B\",\"C,D\"]'" if isinstance(e.value, str) else "")
+        return UsageError(f"--grid {e.name}={e.value}: {e.rule}{comma}")
     smallest = smallest_side(loaded, values, shape)
     if smallest is not None:
         return DataError(f"data: images are {shape[0]}x{shape[1]} but model {loaded.spec} needs at least "
@@ -139,8 +147,10 @@ def failure(loaded: LoadedModel, values: dict, shape: tuple, e: Exception, doing
         return ModelError(f"--model {loaded.spec}: its input is {expected} but the data's images are {shape}; "
                           "build the model for the data (build(hp) and HyperModel constructors may take input_shape)")
     point = " ".join(f"{k}={v}" for k, v in values.items())
+    named = [name for name in values if name in given]
+    fix = f"check the values given with --grid {', '.join(named)}, or fix the model" if named else "fix the model"
     return ModelError(f"--model {loaded.spec}: {doing} with {point or 'its defaults'} raised {models.one_line(e)}"
-                      f"{models.error_location(e, loaded)}; fix the model")
+                      f"{models.error_location(e, loaded)}; {fix}")
 
 
 def smallest_side(loaded: LoadedModel, values: dict, shape: tuple) -> int | None:

@@ -1,6 +1,9 @@
 """Bring your own model, end to end with the real command: a dense net from tests/models, not the seed's CNN."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import MODELS, run_cli
@@ -91,3 +94,13 @@ def test_a_model_that_fails_while_training_is_a_failed_trial_with_its_traceback(
     assert trial["status"] == "FAILED" and "Traceback" in trial["message"] and "broken.py" in trial["message"]
     trials = json.loads(run_cli("results", "--directory", tmp_path, "--project", "f", "-f", "json").stdout)
     assert [t["status"] for t in trials] == ["COMPLETED", "FAILED"]  # the other point was scored
+
+
+def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it():
+    """`tuner-app` (the console script, whose sys.path lacks the working directory) imports
+    package.module:NAME from there, as `python -m` would."""
+    script = Path(sys.executable).with_name("tuner-app")
+    proc = subprocess.run([script, "search", "--model", "dense_net:build", "--dataset", "mnist-sample", "--dry-run"],
+                          check=False, cwd=MODELS, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 grid points" in proc.stdout

@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,12 +134,14 @@ def _resolve(target: str, spec: str) -> tuple[Any, str | None]:
     if where.endswith(".py") or "/" in where:
         module = _import_file(Path(where), spec)
     else:
+        if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` finds modules (uvicorn does too);
+            sys.path.append(os.getcwd())  # last: a folder here does not shadow an installed package
         try:
             module = importlib.import_module(where)
         except ImportError as e:
             raise ModelError(f"--model {spec}: cannot import module {where!r} ({e}); check the name and PYTHONPATH, "
                              "or give a file as FILE.py:NAME") from None
-        except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed while importing
             raise ModelError(f"--model {spec}: importing {where} raised {one_line(e)}") from None
     if not hasattr(module, name):
         found = sorted(n for n, v in vars(module).items() if not n.startswith("_") and _is_model_like(v))
@@ -156,9 +159,11 @@ def _import_file(path: Path, spec: str):
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
         module_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - anything the user's file raises
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - anything the user's file raises, or a script's exit()
         del sys.modules[name]
-        raise ModelError(f"--model {spec}: running {path} raised {one_line(e)}{_where(e, path)}") from None
+        raise ModelError(f"--model {spec}: running {path} raised {one_line(e)}{_where(e, path)}"
+                         + ("; a model file defines NAME, it does not run as a script: guard its script part with "
+                            "if __name__ == '__main__':" if isinstance(e, SystemExit) else "")) from None
     return module
 
 

@@ -66,6 +66,8 @@ CASES = [
      "check the values given with --grid units, or fix the model"),
     ("missing model file", ["--model", "nowhere.py:build"], "no such file nowhere.py"),
     ("model name not in the file", ["--model", f"{BROKEN}:nope"], "has no 'nope'"),
+    ("model file that exits while imported", ["--model", f"{MODELS / 'exits.py'}:build"],
+     "raised SystemExit: 0 (line 5 of"),
     ("model build raises", ["--model", f"{BROKEN}:raises"], "raised ValueError: this model has a bug"),
     ("model not compiled", ["--model", f"{BROKEN}:not_compiled"], "the model is not compiled"),
     ("model output is not the classes", ["--model", f"{BROKEN}:wrong_classes"], "but the data has 10 classes"),
@@ -183,3 +185,15 @@ def test_unwritable_directory(tmp_path, capsys):
         target = str(locked / "tuning_dirs")
     code, err = run_cli_here(capsys, "search", *SMALL_SEARCH, "--directory", target)
     assert code == 2 and "--directory" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["results", "retrain-best"])
+def test_a_folder_that_is_not_a_project_is_a_usage_error_and_one_with_trials_but_no_settings_is_damaged(
+        tmp_path, capsys, command):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli_here(capsys, command, "--directory", tmp_path, "--project", "empty")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is not a tuner-app project" in err, err
+    (tmp_path / "empty" / "trial_0").mkdir()
+    code, err = run_cli_here(capsys, command, "--directory", tmp_path, "--project", "empty")
+    assert code == 1 and "the project is damaged; restore search.json" in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty", "trial_0"]

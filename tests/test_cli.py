@@ -18,6 +18,12 @@ def test_help_lists_every_command():
                    "--epochs", "--batch-size", "--patience", "--directory", "--project", "--overwrite", "--device",
                    "--backend"):
         assert option in search_help
+    bare = run_cli()
+    assert bare.returncode == 2 and "Commands" in bare.stderr
+    assert bare.stderr.strip().splitlines()[-1] == "tuner-app: error: give a command: search, results, retrain-best or run"
+    from importlib.metadata import version
+
+    assert run_cli("--version", check=True).stdout == f"tuner-app {version('tuner-app')}\n"
 
 
 def test_results_json_lists_every_trial_with_its_fold_records(searched):

@@ -29,3 +29,16 @@ def test_the_example_model_is_the_file_readme_shows_and_has_18_points(tmp_path):
     proc = run_cli("search", "--model", ROOT / "examples" / "my_model.py:build", "--dataset", "mnist-sample",
                    "--dry-run", "--directory", tmp_path, check=True)
     assert "18 grid points" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["search", "run", "results", "retrain-best"])
+def test_every_option_of_a_command_is_in_readmes_section_on_it(command):
+    """`tuner-app COMMAND --help` and README's "### `tuner-app COMMAND`" section (with the sections it
+    points to: run takes search's options, retrain-best shares search's --directory and the like)
+    name the same options; defaults and wording are the section's."""
+    rest = run_cli(command, "--help", check=True).stdout.partition("\n")[2]  # (past the usage: "python -m ...")
+    helped = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[a-z])\b", rest)) - {"--help"}
+    sections = {"run": ("run", "search"), "retrain-best": ("retrain-best", "search")}.get(command, (command,))
+    text = "".join(re.search(rf"### `tuner-app {name}`\n(.*?)\n## ", README, re.DOTALL).group(1) for name in sections)
+    missing = sorted(o for o in helped if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text))
+    assert not missing, f"options of `tuner-app {command}` that README's section does not name: {missing}"

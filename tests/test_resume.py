@@ -118,6 +118,9 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_resume(tmp_path, sig):
     assert "Traceback" not in err
     before = fold_records(pdir)
     assert before
+    shown = run_cli("results", "--directory", tmp_path, "--project", "p", check=True).stdout
+    if len(before) == 1:  # the stopped trial: unfinished, not "running" (nothing runs now)
+        assert "unfinished (1/2 folds)" in shown and "running" not in shown, shown
     run_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
     after = fold_records(pdir)
     assert len(after) == 4 and all(after[k] == r for k, r in before.items())

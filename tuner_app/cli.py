@@ -25,7 +25,7 @@ from tuner_app import distributed, report, state
 from tuner_app.data import DATASETS
 from tuner_app.errors import DataWarning, SearchInterrupted, SettingError, TunerAppError, UsageError
 from tuner_app.interrupt import stop_on_signals
-from tuner_app.progress import describe
+from tuner_app.progress import describe, plural
 
 app = typer.Typer(
     name="tuner-app", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -81,6 +81,19 @@ ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for training. 
 SearchThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for training. [default: all cores; --workers splits them]", show_default=False)]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"tuner-app {version('tuner-app')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _common(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print tuner-app's version and exit.")] = False) -> None:
+    """Grid search x stratified K-fold CV for any Keras model, on KerasTuner; then retrain the best."""
+
+
 def _precision(precision: Precision | None, mixed_precision: bool, default: str) -> str:
     if mixed_precision and precision not in (None, Precision.mixed):
         raise UsageError(f"--mixed-precision and --precision {precision.value} disagree; give one of them")
@@ -131,17 +144,17 @@ def search(
     learning_rate: Annotated[list[float] | None, typer.Option(help="--model seed: Adam learning rate; repeatable. [default: 0.001 0.0005]", show_default=False)] = None,
     dense_units: Annotated[list[int] | None, typer.Option(help="--model seed: hidden dense units; repeatable. [default: 120]", show_default=False)] = None,
     folds: Annotated[int, typer.Option(help="Stratified K-fold splits.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the fold split and the weight initialisation.")] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split, the weight initialisation and each fold's per-epoch data order.")] = 42,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)] = None,
     fold_mode: Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model (each with its own data, validation and early stopping); sequential: one fold after another; auto: fused on a GPU, and on a CPU under TensorFlow (not with --ray) where each fold trains at least 100 steps, batches x epochs (measured faster there, slower on shorter folds); otherwise, and for a model with its own fit() or several inputs/outputs, sequential; a resume keeps the first run's.")] = FoldMode.auto,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
-    overwrite: Annotated[bool, typer.Option(help="Delete the project's earlier state and start over.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the project's earlier state and start over.")] = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (about 2x faster on GPUs and AMX CPUs); auto: mixed where bfloat16 was measured faster (GPUs of compute capability >= 8.0, AMX CPUs, AMD CPUs with AVX512_BF16 under TensorFlow or PyTorch), else float32; a resume keeps the first run's. [default: auto]", show_default=False)] = None,
+    precision: Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (faster where the hardware has bfloat16 units); auto: mixed where bfloat16 was measured faster (GPUs of compute capability >= 8.0, AMX CPUs, AMD CPUs with AVX512_BF16 under TensorFlow or PyTorch), else float32; a resume keeps the first run's. [default: auto]", show_default=False)] = None,
     mixed_precision: MixedOpt = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")] = False,
     workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
@@ -194,7 +207,7 @@ def search(
         from tuner_app.search import grid_params
 
         out.print(report.grid_table(plan.grid.points, plan.grid.names, grid_params(plan)))
-        out.print(f"{len(plan.grid)} points x {cv.folds} folds x up to {cv.epochs} epochs, {plan.cv.fold_mode}, "
+        out.print(f"{plural(len(plan.grid), 'point')} x {cv.folds} folds x up to {plural(cv.epochs, 'epoch')}, {plan.cv.fold_mode}, "
                   f"{cv.precision}; objective {cv.objective} ({cv.direction}); labels {plan.check.label_form}; "
                   "nothing was written")
         return
@@ -204,7 +217,7 @@ def search(
     if ray_config:
         where = f"on Ray ({ray_config.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
     header = (f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
-              f"{len(plan.grid)} grid points x {cv.folds} folds, {plan.cv.fold_mode}")  # said once the checks pass
+              f"{plural(len(plan.grid), 'grid point')} x {cv.folds} folds, {plan.cv.fold_mode}")  # said once the checks pass
     try:
         with stop_on_signals(immediate=role == "chief"):
             run_plan(plan, directory, project, overwrite, _progress(quiet, header), tensorboard=tensorboard,
@@ -280,7 +293,7 @@ def retrain_best(
     epochs: Annotated[int | None, typer.Option(help="Training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128]", show_default=False)] = None,
     validation_split: Annotated[float | None, typer.Option(help="Fraction held out for validation during training. [default: 0.1]", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Weight-initialisation seed. [default: the search's --seed]", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the weight initialisation and the per-epoch data order. [default: the search's --seed]", show_default=False)] = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: float32: the final model at full precision, whatever the search used]", show_default=False)] = None,
@@ -345,6 +358,7 @@ def _run_signature() -> None:
     own = list(inspect.signature(run, eval_str=True).parameters.values())[:-1]
     taken = [p for name, p in inspect.signature(search, eval_str=True).parameters.items()
              if name not in ("ctx", "dry_run", "workers", "chief")]
+    taken = [p.replace(annotation=ThreadsOpt) if p.name == "threads" else p for p in taken]  # run has no --workers
     run.__signature__ = inspect.Signature(own + taken)
     run.__annotations__ = {**search.__annotations__, **run.__annotations__}
     run.__annotations__.pop("options", None)
@@ -370,7 +384,10 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except TyperException as e:  # typer's (vendored click's) usage errors
-        if e.format_message():  # (empty when no_args_is_help already printed the help)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `tuner-app` alone: the help, and which command is missing
+            print(f"{e.format_message()}\n\ntuner-app: error: give a command: search, results, retrain-best or run",
+                  file=sys.stderr)
+        elif e.format_message():
             print(f"tuner-app: error: {e.format_message()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except Abort:

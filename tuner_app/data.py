@@ -232,7 +232,9 @@ def stratified_subset(ds: Dataset, n: int, min_per_class: int = 1) -> Dataset:
         raise UsageError(f"--train-limit {n}: larger than the training set ({total} images); use at most {total}")
     if n < k * min_per_class:
         raise UsageError(
-            f"--train-limit {n}: too small for {k} classes x {min_per_class} folds; use at least {k * min_per_class}"
+            f"--train-limit {n}: too small for {k} classes"
+            f"{f' x {min_per_class} folds' if min_per_class > 1 else ' (an image of each at least)'}; "
+            f"use at least {k * min_per_class}"
         )
     if n == total:
         return ds

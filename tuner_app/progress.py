@@ -47,6 +47,11 @@ def format_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def describe(values: dict) -> str:
     """'filters=64,128 learning_rate=0.0005 dense_units=120' for one grid point."""
     return " ".join(f"{name}={format_value(value)}" for name, value in values.items()) or "(no hyperparameters)"
@@ -89,7 +94,7 @@ class RichProgress(Progress):
 
     def trial_start(self, trial_id, values, index, total):
         self.bars.update(self._trials, description=f"trial {trial_id} ({describe(values)})")
-        where = f"trial {index}/{total} \\[id {trial_id}]" if index else f"trial {trial_id} of {total}"
+        where = f"trial {trial_id} ({index} of {total})" if index else f"trial {trial_id} (of {total})"
         self.console.log(f"{where}: {describe(values)}")
 
     def trial_focus(self, trial_id):
@@ -122,7 +127,7 @@ class RichProgress(Progress):
 
     def fold_end(self, record, folds):
         self.console.log(
-            f"  {self._where}fold {record['fold']}/{folds}: {self._score(record)} after {record['epochs']} epochs, {record['seconds']:.1f} s"
+            f"  {self._where}fold {record['fold']}/{folds}: {self._score(record)} after {plural(record['epochs'], 'epoch')}, {record['seconds']:.1f} s"
         )
 
     def trial_end(self, trial_id, score, status):

@@ -18,9 +18,12 @@ from rich.table import Table
 
 from tuner_app import state
 from tuner_app.errors import StateError
-from tuner_app.progress import format_value
+from tuner_app.progress import format_value, plural
 
 _STATUS_ORDER = {"COMPLETED": 0, "RUNNING": 1}
+# KerasTuner's RUNNING is also the state of a trial whose search was stopped (its rerun resumes it): the table
+# says what holds either way; JSON and CSV keep KerasTuner's word
+_STATUS_SHOWN = {"RUNNING": "unfinished"}
 
 
 def load_results(pdir: Path) -> list[dict]:
@@ -78,14 +81,14 @@ def table(results: list[dict], folds: int | None = None) -> Table:
             str(rank) if r["status"] == "COMPLETED" else "-", r["trial_id"],
             *(format_value(hp[n]) if n in hp else "-" for n in names),
             f"{r['score']:.4f} ± {r['std']:.4f}" if r["score"] is not None and r["std"] is not None else "-",
-            " ".join(f"{f[objective]:.4f}" for f in r["folds"] if objective in f), r["status"].lower() + done,
+            " ".join(f"{f[objective]:.4f}" for f in r["folds"] if objective in f), _STATUS_SHOWN.get(r["status"], r["status"].lower()) + done,
         )
     return t
 
 
 def grid_table(points: list[dict], names: list[str], params: list[int] | None = None) -> Table:
     """The grid's points in search order (for `search --dry-run`)."""
-    t = Table(title=f"{len(points)} grid points, in search order")
+    t = Table(title=f"{plural(len(points), 'grid point')}, in search order")
     for col in ("#", *names, *(["params"] if params else [])):
         t.add_column(col, justify="right")
     for i, point in enumerate(points, start=1):

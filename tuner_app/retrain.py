@@ -24,7 +24,7 @@ from tuner_app.batches import FoldBatches, fold_batches, fold_rows, validation_b
 from tuner_app.errors import DataError, DataWarning, UsageError
 from tuner_app.model_cache import architecture_key
 from tuner_app.models.checks import label_form, labels, own_fit
-from tuner_app.progress import Progress, epoch_callback
+from tuner_app.progress import Progress, epoch_callback, plural
 from tuner_app.settings import RetrainConfig
 
 
@@ -96,7 +96,9 @@ def retrain_best(
     keras.utils.set_random_seed(seed)
     model = models.build(loaded.hypermodel, hp, config.precision)
     form = label_form(model)
-    progress.message(f"retraining trial {best['trial_id']} on {len(x)} images for {config.epochs} epochs")
+    trained = _split_at(x, config)
+    progress.message(f"retraining trial {best['trial_id']} on {trained} images ({len(x) - trained} more held out "
+                     f"for validation) for {plural(config.epochs, 'epoch')}")
     progress.fold_start(1, 1, config.epochs)
     start = time.perf_counter()
     history = _fit(loaded.hypermodel, hp, model, x, labels(dataset.y_train, form, classes), config, seed,

@@ -202,7 +202,7 @@ def test_a_local_ray_stopped_under_the_search_ends_it_in_one_line_and_the_rerun_
     assert not still_running(started), still_running(started, 0)
     kept = fold_records(pdir)
     assert kept
-    rerun_reuses(tmp_path, kept, lone, ray=False)  # a Ray rerun: the killed driver's test
+    rerun_reuses(tmp_path, kept, lone, ray=False)  # (the killed driver's test reruns on Ray)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -325,7 +325,7 @@ def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuse
     assert "Traceback" not in stderr and stderr.count("tuner-app: error:") == 1, stderr  # said once, not again at exit
     kept = fold_records(pdir)
     assert kept
-    rerun_reuses(tmp_path, kept, lone, ray=False)  # a Ray rerun: the killed driver's test
+    rerun_reuses(tmp_path, kept, lone, ray=False)  # (the killed driver's test reruns on Ray)
 
 
 def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path, ray_env):

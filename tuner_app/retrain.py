@@ -210,7 +210,7 @@ def _model(searched: dict, hypermodel, dataset: data_mod.Dataset) -> models.Load
                          "pass it again: retrain_best(..., hypermodel=...)")
     spec, target = searched["spec"], hypermodel
     where, _, name = spec.rpartition(":")
-    if target is None and searched.get("file") and (where.endswith(".py") or "/" in where):
+    if target is None and searched.get("file") and models.names_file(where):
         # the file the search read, from any working directory (a relative FILE.py was the search's)
         if not Path(searched["file"]).is_file():
             raise UsageError(f"the search's model file {searched['file']} ({spec}) is gone; put it back there to "

@@ -168,7 +168,7 @@ def read_search(pdir: Path) -> dict:
             f"--project {pdir.name}` first, or check --directory/--project"
         )
     if not (pdir / SEARCH_FILE).exists():
-        if (pdir / ORACLE_FILE).exists() or any(pdir.glob("trial_*")):  # a project's files without its settings
+        if (pdir / ORACLE_FILE).exists() or trial_dirs(pdir):  # a project's files without its settings
             raise StateError(f"{pdir} has no {SEARCH_FILE}: the project is damaged; restore {SEARCH_FILE}")
         raise UsageError(f"{pdir} is not a tuner-app project (it has no {SEARCH_FILE}); check --directory/--project, "
                          "or run `tuner-app search` there first")

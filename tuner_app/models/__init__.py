@@ -131,7 +131,7 @@ def _resolve(target: str, spec: str) -> tuple[Any, str | None]:
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
         raise ModelError(f"--model {spec!r}: give a preset ({', '.join(PRESETS)}), FILE.py:NAME or package.module:NAME")
-    if where.endswith(".py") or "/" in where:
+    if names_file(where):
         module = _import_file(Path(where), spec)
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` finds modules (uvicorn does too);
@@ -148,6 +148,11 @@ def _resolve(target: str, spec: str) -> tuple[Any, str | None]:
         raise ModelError(f"--model {spec}: {where} has no {name!r}"
                          + (f" (it defines {', '.join(found)})" if found else "") + "; check NAME after the colon")
     return getattr(module, name), getattr(module, "__file__", None)
+
+
+def names_file(where: str) -> bool:
+    """Whether the part of a `--model` spec before its colon is a file (FILE.py), not a module."""
+    return where.endswith(".py") or "/" in where
 
 
 def _import_file(path: Path, spec: str):

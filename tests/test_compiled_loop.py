@@ -30,9 +30,16 @@ def data(small_dataset):
     return x, y, split
 
 
-def model_and_batches(data, folds):
+def uneven(split):
+    """Folds one batch apart: fold 2's 321 training rows are 11 batches (the others' 320, 10), fold 1's 97
+    validation rows 4 batches (the others' 96, 3)."""
+    return [(tr[:320 + (k == 2)], va[:96 + (k == 1)]) for k, (tr, va) in enumerate(split, 1)]
+
+
+def model_and_batches(data, folds, even=True):
     """A fresh single model (one fold) or fused model (several), and its training and validation batches."""
     x, y, split = data
+    split = split if even else uneven(split)
     if len(folds) == 1:
         model, name = ModelCache(SeedCNN(), reuse=False).fresh(POINT, 42 + folds[0]), None
     else:
@@ -55,13 +62,29 @@ def test_the_compiled_loop_trains_as_keras_loop(data, folds, monkeypatch):
     model, train, val = model_and_batches(data, folds)
     theirs = model.fit(train, validation_data=val, epochs=3, shuffle=False, verbose=0,
                        callbacks=[FollowEpoch(train)]).history
-    assert set(ours) == set(theirs) and len(ours["loss"]) == 3
+    assert set(ours) == set(theirs) and all(len(values) == 3 for values in ours.values())
     for name in theirs:
         assert ours[name] == pytest.approx(theirs[name], abs=2e-4), name
     assert theirs["val_loss" if len(folds) == 1 else "val_fold_1_accuracy"][-1] != pytest.approx(
         theirs["val_loss" if len(folds) == 1 else "val_fold_1_accuracy"][0], abs=1e-4)  # it learnt something
     for a, b in zip(ours_weights, (keras.ops.convert_to_numpy(w) for w in model.weights)):
         np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+@needs_jax
+def test_on_uneven_folds_each_compiled_member_trains_as_its_fold_alone_in_the_compiled_loop(data, monkeypatch):
+    """The fused contract on the GPU's path: members one batch apart, each member's history is that of its
+    fold trained alone by the compiled loop (a member without a batch in a step is kept as it was)."""
+    monkeypatch.setattr(compiled_loop, "CHUNK", 4)
+    model, train, val = model_and_batches(data, (1, 2, 3), even=False)
+    together = compiled_loop.fit(model, train, val, epochs=2, callbacks=[FollowEpoch(train)]).history
+    assert [int(keras.ops.convert_to_numpy(o.iterations)) for o in model.optimizer.optimizers] == [20, 22, 20]
+    for k in (1, 2, 3):
+        model, train, val = model_and_batches(data, (k,), even=False)
+        alone = compiled_loop.fit(model, train, val, epochs=2, callbacks=[FollowEpoch(train)]).history
+        for name, values in alone.items():
+            member = f"val_fold_{k}_{name[4:]}" if name.startswith("val_") else f"fold_{k}_{name}"
+            assert together[member] == pytest.approx(values, rel=1e-5, abs=1e-6), (k, name)
 
 
 @needs_jax
@@ -161,7 +184,7 @@ def test_the_compiled_loop_is_used_under_jax_on_a_gpu_for_hypermodels_that_leave
     assert not compiled_loop.usable(OwnFit(), model, train, val)  # its fit may configure Keras' loop
     x, y, _ = data
     uneven = FoldBatches(x, y, {1: np.arange(64), 2: np.arange(65)}, SIZE, name=fused.member_name)
-    assert not compiled_loop.usable(SeedCNN(), model, train, uneven)  # fold 1's third step would be empty
+    assert compiled_loop.usable(SeedCNN(), model, train, uneven) == JAX  # fold 1's third step: a filler, inactive
 
 
 @needs_jax
@@ -169,8 +192,8 @@ def test_later_architectures_and_the_retrain_compile_in_the_background_and_train
                                                                                            monkeypatch):
     """On a GPU (forced here on the CPU) the first trial starts compiling, in the background into
     `<project>/xla_cache`, the grid's other architecture and every architecture's retrain. That
-    architecture's trial, then the retrain, compile nothing themselves: their four chunk shapes each are
-    cache hits. Every fold's record and the retrain equal a search's and retrain's that compiled each in turn."""
+    architecture's trial, then the retrain, compile nothing themselves: their three chunk shapes each are
+    cache hits (training: the partial first step and a chunk of full steps; validation: one partial step). Every fold's record and the retrain equal a search's and retrain's that compiled each in turn."""
     import threading
 
     import jax
@@ -211,9 +234,9 @@ def test_later_architectures_and_the_retrain_compile_in_the_background_and_train
         jax.config.update("jax_compilation_cache_dir", None)  # the other tests compile as before
         compilation_cache.reset_cache()
         compiled_loop._LATER_DIR.clear()
-    # the first architecture compiled as before (4 misses), the second was found (4 hits), and the retrain too
-    assert searching == ["misses"] * 4 + ["hits"] * 4, searching
-    assert retraining == ["hits"] * 4, retraining
+    # the first architecture compiled as before (3 misses), the second was found (3 hits), and the retrain too
+    assert searching == ["misses"] * 3 + ["hits"] * 3, searching
+    assert retraining == ["hits"] * 3, retraining
     assert any((pdir / "xla_cache").iterdir())
     assert len(later) == len(alone) == 2
     for ours, theirs in zip(later, alone):

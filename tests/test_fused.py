@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from test_resume import start_cli, wait_for
 
-from tuner_app import fused, models
+from tuner_app import fused, fused_model, models
 from tuner_app.data import one_hot, scale_images
 from tuner_app.folds import splits, train_fold
 from tuner_app.model_cache import ModelCache
@@ -135,9 +135,9 @@ def test_sigkill_in_the_middle_of_a_fused_trial_then_resume_equals_an_uninterrup
 def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsys):
     from conftest import MODELS, run_cli_here
 
-    code, err = run_cli_here(capsys, "search", "--model", f"{MODELS / 'list_loss.py'}:build", "--dataset",
+    code, err = run_cli_here(capsys, "search", "--model", f"{MODELS / 'own_step.py'}:build", "--dataset",
                              "mnist-sample", "--fold-mode", "fused", "--directory", tmp_path, "--quiet")
-    assert code == 2 and "--fold-mode fused" in err and "list" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--fold-mode fused" in err and "train_step" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
 
 
@@ -153,11 +153,11 @@ def test_a_preset_with_its_own_fit_trains_fused(tmp_path, small_dataset):
     assert all(0.0 <= r["val_accuracy"] <= 1.0 and np.isfinite(r["val_loss"]) for r in records)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the member-by-member step is TensorFlow's")
 @pytest.mark.parametrize("loss", ["categorical_crossentropy", keras.losses.CategoricalCrossentropy()])
-def test_the_member_by_member_step_trains_as_keras_summed_loss_step(loss):
+def test_the_member_by_member_step_trains_as_keras_own_step(loss):
     """Under TensorFlow on a CPU the fused step runs one member after another (memory); its update is
-    the one Keras' own step makes from the summed loss (weight penalties included). Elsewhere the
-    fused model is Keras' own."""
+    the one Keras' own step makes from the members' summed losses (weight penalties included)."""
     x = np.random.default_rng(0).random((64, 6), dtype=np.float32)
     y = one_hot(np.arange(64) % 3, 3)
     trained = {}
@@ -168,12 +168,9 @@ def test_the_member_by_member_step_trains_as_keras_summed_loss_step(loss):
             members[k] = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu",
                                            kernel_regularizer="l2"), keras.layers.Dense(3, activation="softmax")])
             members[k].compile(optimizer="adam", loss=loss, metrics=["accuracy"])
-        model = fused.fuse(members, (6,))
-        assert isinstance(model, fused.MemberByMember) == (keras.backend.backend() == "tensorflow")
-        if not serial:
-            model = keras.Model(model.inputs, model.outputs)  # Keras' own step, the same compile
-            model.compile(optimizer="adam", loss=dict.fromkeys(model.output_names, loss))
-        xs = {f"{fused.member_name(k)}_input": x for k in (1, 2)}
+        model = fused.fuse(members, (6,), serial=serial)
+        assert isinstance(model, fused_model.MemberByMember) == serial
+        xs = {fused_model.input_name(k): x for k in (1, 2)}
         ys = {fused.member_name(k): y for k in (1, 2)}
         model.fit(xs, ys, batch_size=16, epochs=2, shuffle=False, verbose=0)
         trained[serial] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]

@@ -170,7 +170,7 @@ def test_auto_fold_mode_is_sequential_for_a_model_that_cannot_train_fused_or_has
 
     long = CVConfig(folds=2, epochs=50, batch_size=32)
     own = plan_search(small_dataset, OwnFit(), GRID, long, train_limit=200)
-    blocked = plan_search(small_dataset, f"{MODELS / 'list_loss.py'}:build", None, long, train_limit=200)
+    blocked = plan_search(small_dataset, f"{MODELS / 'own_step.py'}:build", None, long, train_limit=200)
     assert own.check.own_fit and blocked.check.fused_blocker
     for plan in (own, blocked):
         assert resolve_fold_mode(plan, device="gpu") == "sequential"

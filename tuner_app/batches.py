@@ -24,8 +24,12 @@ import numpy as np
 class FoldBatches(keras.utils.PyDataset):
     """One batch of every fold's rows per step; an epoch is the longest fold's batches.
 
-    The partial batch of an epoch comes first (so that the batch shapes Keras samples to type a
-    TensorFlow dataset vary); a fold with fewer batches gets empty ones at the end.
+    Fold k's batches in an epoch are exactly those its sequential fit is given (one fold's
+    `FoldBatches`): its rows in the epoch's order, the partial batch first (so that the batch
+    shapes Keras samples to type a TensorFlow dataset vary). Folds one batch apart (uneven
+    folds): a fold that has run out of batches is given a filler batch of its own rows and a 0
+    in the step's `active` mask, and the step is `(x, y, active)`; the fused model then keeps
+    that member as it was (`tuner_app.fused_model`). Never an empty batch.
 
     Args:
         x: All images; y: all labels (in the form the loss takes).
@@ -46,7 +50,9 @@ class FoldBatches(keras.utils.PyDataset):
         self.x, self.y, self.indices, self.batch_size = x, y, indices, batch_size
         self.seed, self.epoch, self.shuffle, self.name = seed, epoch, shuffle, name
         self._order_epoch, self._orders = None, {}
-        self.steps = max(-(-len(i) // batch_size) for i in indices.values())
+        self.counts = {k: -(-len(i) // batch_size) for k, i in indices.items()}  # each fold's own batches
+        self.steps = max(self.counts.values())
+        self.uneven = name is not None and len(set(self.counts.values())) > 1
 
     @property
     def num_batches(self) -> int:
@@ -62,14 +68,21 @@ class FoldBatches(keras.utils.PyDataset):
     def _batch_rows(self, k: int, step: int) -> np.ndarray:
         if self._order_epoch != self.epoch:
             self._orders, self._order_epoch = {m: self.order(m, self.epoch) for m in self.indices}, self.epoch
-        rows = self._orders[k]
-        first = len(rows) % self.batch_size or self.batch_size  # the partial batch first
-        start = 0 if step == 0 else first + (step - 1) * self.batch_size
-        return rows[start:first if step == 0 else start + self.batch_size]
+        return step_rows(self._orders[k], step, self.batch_size)
+
+    def epoch_rows(self, epoch: int) -> list[list[np.ndarray]]:
+        """Every step's rows of every fold in `epoch` ([step][fold]), as `__getitem__` gives them."""
+        orders = [self.order(k, epoch) for k in self.indices]
+        return [[step_rows(order, step, self.batch_size) for order in orders] for step in range(self.steps)]
+
+    def active(self, step: int) -> np.ndarray:
+        """1 for each fold (in `indices`' order) that has a batch of its own in `step`, else 0."""
+        return np.array([step < n for n in self.counts.values()], np.float32)
 
     def __getitem__(self, step: int):
-        return structure({k: self._batch_rows(k, step) for k in self.indices}, self.x.__getitem__,
+        data = structure({k: self._batch_rows(k, step) for k in self.indices}, self.x.__getitem__,
                          self.y.__getitem__, self.name)
+        return (*data, self.active(step)) if self.uneven else data
 
     def tf_dataset(self, x, y):
         """The same batches as a tf.data pipeline (TensorFlow backend): Python yields only the row
@@ -83,15 +96,21 @@ class FoldBatches(keras.utils.PyDataset):
 
         folds, batches = list(self.indices), weakref.ref(self)
 
+        uneven = self.uneven
+
         def rows():
             this = batches()
             for step in range(this.steps):
-                yield tuple(this._batch_rows(k, step).astype(np.int64, copy=False) for k in folds)
+                found = tuple(this._batch_rows(k, step).astype(np.int64, copy=False) for k in folds)
+                yield (*found, this.active(step)) if uneven else found
 
         def gather(*r):
-            return structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i), self.name)
+            data = structure(dict(zip(folds, r)), lambda i: tf.gather(x, i), lambda i: tf.gather(y, i), self.name)
+            return (*data, r[-1]) if uneven else data
 
         signature = tuple(tf.TensorSpec([None], tf.int64) for _ in folds)
+        if uneven:
+            signature += (tf.TensorSpec([len(folds)], tf.float32),)
         dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(self.steps)).map(gather).prefetch(2)
         # No autotuning: its background thread made every iterator's deletion (each epoch's and
@@ -107,6 +126,16 @@ class FoldBatches(keras.utils.PyDataset):
         if keras.backend.backend() != "tensorflow":
             return self
         return self.tf_dataset(as_tensor(self.x), as_tensor(self.y))
+
+
+def step_rows(order: np.ndarray, step: int, batch_size: int) -> np.ndarray:
+    """The rows of `step` of one fold whose epoch visits `order`: the partial batch first, then full ones;
+    past its last batch a filler of `batch_size` of its rows (its member is not `active` then)."""
+    first = len(order) % batch_size or batch_size
+    if step >= -(-len(order) // batch_size):
+        return np.resize(order, batch_size)
+    start = 0 if step == 0 else first + (step - 1) * batch_size
+    return order[start:first if step == 0 else start + batch_size]
 
 
 def structure(rows: dict[int, object], take_x, take_y, name: Callable[[int], str] | None):
@@ -153,7 +182,7 @@ class FollowEpoch(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         build = getattr(self.model, "_symbolic_build", None)  # Keras' own build before a trace
         if keras.backend.backend() == "tensorflow" and build is not None and not self.model.run_eagerly:
-            build(data_batch=self.batches[0])
+            build(data_batch=self.batches[0][:2])
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.epoch = epoch

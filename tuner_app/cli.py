@@ -192,7 +192,7 @@ def search(
     from tuner_app.data import load_dataset
     from tuner_app.models import load_model
     from tuner_app.models.seed import grid_overrides
-    from tuner_app.search import default_cv, plan_search, resolve_fold_mode, run_plan
+    from tuner_app.search import decide_fold_mode, default_cv, plan_search, run_plan
 
     ds = load_dataset(data, dataset or "mnist")
     loaded = load_model(model, ds.input_shape, ds.num_classes)
@@ -201,13 +201,14 @@ def search(
     cv = default_cv(loaded, folds=folds, seed=seed, epochs=epochs, batch_size=batch_size, patience=patience,
                     precision=info["precision"], objective=objective, fold_mode=fold_mode.value)
     plan = plan_search(ds, loaded, overrides, cv, train_limit)
-    plan.cv = dataclasses.replace(cv, fold_mode=resolve_fold_mode(plan, recorded, info["device"],
-                                                                   ray=ray_config is not None))
+    mode, why = decide_fold_mode(plan, recorded, info["device"], ray=ray_config is not None)
+    plan.cv = dataclasses.replace(cv, fold_mode=mode)
+    mode = f"{mode} ({why})" if why else mode
     if dry_run:
         from tuner_app.search import grid_params
 
         out.print(report.grid_table(plan.grid.points, plan.grid.names, grid_params(plan)))
-        out.print(f"{plural(len(plan.grid), 'point')} x {cv.folds} folds x up to {plural(cv.epochs, 'epoch')}, {plan.cv.fold_mode}, "
+        out.print(f"{plural(len(plan.grid), 'point')} x {cv.folds} folds x up to {plural(cv.epochs, 'epoch')}, {mode}, "
                   f"{cv.precision}; objective {cv.objective} ({cv.direction}); labels {plan.check.label_form}; "
                   "nothing was written")
         return
@@ -217,7 +218,7 @@ def search(
     if ray_config:
         where = f"on Ray ({ray_config.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
     header = (f"model {loaded.spec}; backend {info['backend']} {where} {info['device']}, {cv.precision}; "
-              f"{plural(len(plan.grid), 'grid point')} x {cv.folds} folds, {plan.cv.fold_mode}")  # said once the checks pass
+              f"{plural(len(plan.grid), 'grid point')} x {cv.folds} folds, {mode}")  # said once the checks pass
     try:
         with stop_on_signals(immediate=role == "chief"):
             run_plan(plan, directory, project, overwrite, _progress(quiet, header), tensorboard=tensorboard,

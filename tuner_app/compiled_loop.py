@@ -69,18 +69,13 @@ def applies(hypermodel: keras_tuner.HyperModel) -> bool:
 
 def usable(hypermodel: keras_tuner.HyperModel, model: keras.Model, *batches: FoldBatches | None) -> bool:
     """Whether `fit` can train `model` on `batches` (training and validation) here."""
-    return applies(hypermodel) and not model.run_eagerly and all(b is None or _even(b) for b in batches)
+    return applies(hypermodel) and not model.run_eagerly
 
 
 def _on_accelerator() -> bool:
     import jax
 
     return jax.default_backend() != "cpu"
-
-
-def _even(batches: FoldBatches) -> bool:
-    """Every fold has a step's batch in every step (the shorter folds' empty ones cannot be stacked)."""
-    return all(-(-len(rows) // batches.batch_size) == batches.steps for rows in batches.indices.values())
 
 
 def fit(model: keras.Model, train: FoldBatches, validation: FoldBatches | None = None, epochs: int = 1,
@@ -105,9 +100,9 @@ def fit(model: keras.Model, train: FoldBatches, validation: FoldBatches | None =
             model.reset_metrics()
             callbacks.on_epoch_begin(epoch)
             state = _values(*_train_state(model))  # after on_epoch_begin: a callback may have set the learning rate
-            for first, rows, valid in _chunks(train, epoch):
+            for first, rows, valid, active in _chunks(train, epoch):
                 callbacks.on_train_batch_begin(first)
-                state = train_chunk(state, x, y, rows, jnp.asarray(valid))
+                state = train_chunk(state, x, y, rows, jnp.asarray(valid), active)
                 callbacks.on_train_batch_end(first + int(valid.sum()) - 1)
                 if model.stop_training:
                     break
@@ -129,17 +124,19 @@ def _evaluate(model: keras.Model, batches: FoldBatches, test_chunk, callbacks) -
     x, y = _on_device(batches.x), _on_device(batches.y)
     model.reset_metrics()
     state = _values(*_test_state(model))
-    for first, rows, valid in _chunks(batches, 0):
+    for first, rows, valid, active in _chunks(batches, 0):
         callbacks.on_test_batch_begin(first)
-        state = test_chunk(state, x, y, rows, jnp.asarray(valid))
+        state = test_chunk(state, x, y, rows, jnp.asarray(valid), active)
     _assign(state[2:], model.metrics_variables)
     return _results(model)
 
 
 def _chunks(batches: FoldBatches, epoch: int):
-    """(first step, {fold: rows [n, batch]}, which of the n steps are real) per call: the epoch's partial
-    first step alone (its own shapes), then the full steps in chunks of equal length (the last padded
-    with steps whose results are dropped), so that one compilation serves every chunk.
+    """(first step, {fold: rows [n, batch]}, which of the n steps are real, the steps' `active` masks [n, K]
+    or None) per call: the epoch's partial first step alone (its own shapes), then the full steps in
+    chunks of equal length (the last padded with steps whose results are dropped), so that one
+    compilation serves every chunk. The rows are `FoldBatches`' own (a fold with a batch fewer is
+    given its filler and a 0 in `active` at its last step).
 
     A padding step runs, and a select keeps the state it was given: a `jax.lax.cond` that skipped it
     would make XLA's GPU runtime copy its predicate to the host and wait for the device at every step
@@ -147,23 +144,28 @@ def _chunks(batches: FoldBatches, epoch: int):
     queue a step's kernels while the device runs the one before. A scan's loop, its trip count known,
     runs without such a wait (`WhileThunk`); a chunk holds no conditional
     (`tests/test_compiled_loop.py`)."""
-    size, orders = batches.batch_size, {k: batches.order(k, epoch) for k in batches.indices}
-    firsts = {k: len(rows) % size or size for k, rows in orders.items()}
-    step = 0
-    if any(n != size for n in firsts.values()):
-        yield 0, {k: rows[None, :firsts[k]] for k, rows in orders.items()}, np.ones(1, bool)
-        orders = {k: rows[firsts[k]:] for k, rows in orders.items()}
+    rows = batches.epoch_rows(epoch)
+    masks = np.stack([batches.active(step) for step in range(batches.steps)]) if batches.uneven else None
+    folds, step = list(batches.indices), 0
+    if any(len(r) != batches.batch_size for r in rows[0]):
+        yield 0, {k: r[None] for k, r in zip(folds, rows[0])}, np.ones(1, bool), None if masks is None else masks[:1]
         step = 1
-    full = {k: rows.reshape(-1, size) for k, rows in orders.items()}
     steps = batches.steps - step
-    calls = max(1, math.ceil(steps / CHUNK))
+    if steps == 0:
+        return
+    calls = math.ceil(steps / CHUNK)
     length = math.ceil(steps / calls)
     for i in range(calls):
-        part = {k: rows[i * length:(i + 1) * length] for k, rows in full.items()}
-        real = len(next(iter(part.values())))
+        part = rows[step + i * length:step + (i + 1) * length]
+        real = len(part)
         valid = np.arange(length) < real
-        part = {k: np.concatenate([rows, np.zeros((length - real, size), rows.dtype)]) for k, rows in part.items()}
-        yield step + i * length, part, valid
+        part = part + [part[-1]] * (length - real)
+        stacked = {k: np.stack([r[j] for r in part]) for j, k in enumerate(folds)}
+        active = None
+        if masks is not None:
+            active = masks[step + i * length:step + i * length + real]
+            active = np.concatenate([active, np.zeros((length - real, len(folds)), active.dtype)])
+        yield step + i * length, stacked, valid, active
 
 
 def _train_state(model: keras.Model) -> tuple:
@@ -192,15 +194,16 @@ def _compiled(model: keras.Model, batches: FoldBatches) -> _Compiled:
 
         name = batches.name  # the model's inputs and outputs: one, or one per fold
         def steps(step):
-            def chunk(state, x, y, rows, valid):
+            def chunk(state, x, y, rows, valid, active):
                 def body(state, scanned):
-                    r, real = scanned
+                    r, real, a = scanned
                     data = structure(r, lambda i: x[i], lambda i: y[i], name)
+                    data = data if a is None else (*data, a)
                     # a padding step's state is dropped by a select, not skipped by a `cond` (see `_chunks`)
                     new = step(state, data)[1]
                     return jax.tree.map(lambda n, s: jax.numpy.where(real, n, s), new, state), None
 
-                return jax.lax.scan(body, state, (rows, valid))[0]
+                return jax.lax.scan(body, state, (rows, valid, active))[0]
 
             return jax.jit(chunk)
 
@@ -373,11 +376,12 @@ def _new_calls(compiled: _Compiled, plan: list, model: keras.Model, shapes_only:
         else:
             x, y = _on_device(batches.x), _on_device(batches.y)
         state = _values(*groups(model))
-        for _first, rows, valid in _chunks(batches, 0):
-            key = (function is compiled.train, x.shape, y.shape, tuple((k, r.shape) for k, r in rows.items()))
+        for _first, rows, valid, active in _chunks(batches, 0):
+            key = (function is compiled.train, x.shape, y.shape, tuple((k, r.shape) for k, r in rows.items()),
+                   None if active is None else active.shape)
             if key not in compiled.shapes:
                 compiled.shapes.add(key)
-                yield function, (state, x, y, rows, jnp.asarray(valid))
+                yield function, (state, x, y, rows, jnp.asarray(valid), active)
 
 
 def _compile_all(lowered: list, name: str = "tuner-app-compile") -> None:

@@ -257,6 +257,17 @@ def cpu_info() -> Cpu:
                flags=frozenset(fields.get("flags", "").split()))
 
 
+def cpu_class(cpu: Cpu | None = None) -> str | None:
+    """The class of CPU the benchmark records distinguish: "intel-amx", "amd-avx512-bf16", "intel"
+    (no AMX), or None (another, unrecorded)."""
+    cpu = cpu or cpu_info()
+    if "amx_bf16" in cpu.flags:
+        return "intel-amx"
+    if cpu.vendor == "AuthenticAMD" and "avx512_bf16" in cpu.flags:
+        return "amd-avx512-bf16"
+    return "intel" if cpu.vendor == "GenuineIntel" else None
+
+
 def _cpu_bf16(backend: str | None) -> bool:
     """Whether bfloat16 training is faster than float32 on this CPU with `backend` (see `resolve_precision`)."""
     cpu = cpu_info()

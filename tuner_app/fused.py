@@ -2,29 +2,21 @@
 
 The trial's fold models ("members") are built exactly as the sequential path builds them
 (fold k after `keras.utils.set_random_seed(seed + k)`), then wired side by side into one
-functional Keras model with an input and an output per member. One `fit` of that model
-trains every member at once: each step takes one batch of each member's own training fold
-(in its sequential fold's per-epoch order, `tuner_app.batches`) and one optimizer updates
-every member's weights; the total loss is the sum of the members' losses, so each member's
-gradients are its own (Adam and the other Keras optimizers update each variable by its own
-gradient only). Under TensorFlow on a CPU the step computes the members one after another
-(`MemberByMember`), so that it holds one member's activations at a time.
+`tuner_app.fused_model.FusedFolds`, which trains every member exactly as its sequential fold
+(the contract is written there once). One `fit` of that model trains every member at once:
+each step takes one batch of each member's own training fold, in its sequential fold's
+per-epoch order (`tuner_app.batches`).
 
 Per member, as in the sequential path: its own validation fold, its own early stopping on
 the objective (a member that stops keeps computing but its later epochs do not count: its
 record is what it would be had it stopped alone), and its record written to the trial's
 `FoldStore` as soon as it finishes. At every epoch end the whole state (weights, random
-seeds, optimizer, per-member history, epoch) goes to `trial_<id>/fused_state.npz`
+seeds, optimizers, per-member history, epoch) goes to `trial_<id>/fused_state.npz`
 atomically, so a killed trial resumes from its last finished epoch with the result of an
 uninterrupted run.
 
-Works with any single-input, single-output model compiled with one loss (see
-`models.checks.fused_blocker`), through `hypermodel.fit` (a HyperModel's own `fit` must pass
-its data arguments through to `model.fit`; `--fold-mode auto` does not assume it does). A
-member sees the batches its sequential fold sees, so the two paths' records differ by
-float rounding only (`tests/test_fused.py` bounds it), except that the logged `loss` of a
-member (the mean of its compiled loss over its samples) leaves out weight penalties
-(`model.losses`).
+Works with the models `models.checks.fused_blocker` lets through, through `hypermodel.fit`
+(a preset's own `fit` passes its data arguments through to `model.fit`).
 """
 
 from __future__ import annotations
@@ -38,151 +30,15 @@ import keras
 import keras_tuner
 import numpy as np
 
-from tuner_app import compiled_loop, device, interrupt, models, state
+from tuner_app import compiled_loop, interrupt, models, state
 from tuner_app.batches import FoldBatches, FollowEpoch, validation_batch_size
 from tuner_app.folds import fold_record
+from tuner_app.fused_model import MemberOptimizers, fuse, member_logs, member_name
 from tuner_app.model_cache import architecture_key
 from tuner_app.progress import Progress
 from tuner_app.settings import CVConfig
 
 STATE_FILE = "fused_state.npz"
-_LOSS_METRIC = "fused_member_loss"  # the exact per-member loss, logged as `loss`
-
-
-def member_name(k: int) -> str:
-    return f"fold_{k}"
-
-
-def fuse(members: dict[int, keras.Model], input_shape: tuple) -> keras.Model:
-    """One compiled functional model with an input `fold_<k>_input` and an output `fold_<k>` per member,
-    compiled as the members are (their loss, metrics and optimizer's class and configuration)."""
-    inputs, outputs = {}, {}
-    for k, member in members.items():
-        member.name = name = member_name(k)
-        inputs[f"{name}_input"] = keras.Input(shape=tuple(input_shape), name=f"{name}_input")
-        outputs[name] = member(inputs[f"{name}_input"])
-    first = next(iter(members.values()))
-    config = compile_arguments(first)
-    if keras.backend.backend() == "tensorflow" and not device._gpus("tensorflow"):
-        fused = MemberByMember(inputs, outputs, name="fused_folds")
-        fused.folds, fused.member_loss = tuple(members), _member_loss(config["loss"])
-    else:
-        fused = keras.Model(inputs, outputs, name="fused_folds")
-    weighted = config.get("weighted_metrics")
-    fused.compile(
-        optimizer=_copy(first.optimizer),
-        loss=dict.fromkeys(outputs, config["loss"]),
-        metrics={name: [*map(_copy, config.get("metrics") or []), _exact_loss(config["loss"])] for name in outputs},
-        weighted_metrics={name: list(map(_copy, weighted)) for name in outputs} if weighted else None,
-        run_eagerly=first.run_eagerly,
-        jit_compile=first.jit_compile,
-    )
-    return fused
-
-
-class MemberByMember(keras.Model):
-    """The fused model under TensorFlow on a CPU, its training step one member after another.
-
-    Keras' own step runs every member's forward pass, then one backward pass through all of
-    them, so a step holds K members' activations at once: peak RSS 1.26x the sequential
-    path's on `medium` (Intel CPU). Here member k's forward and backward pass come first,
-    and member k+1's starts only once k's gradients exist (a control dependency), so a step
-    holds one member's activations; then one optimizer update applies every member's
-    gradients, as Keras' step does. Measured on `medium` (README, Benchmarks): 1.14x the
-    sequential path's memory, and the search 8% faster than Keras' fused step. Each
-    member's gradient is that of its own loss (computed as Keras computes a per-output
-    loss) plus its own weight penalties, which is what the gradient of Keras' summed loss is
-    for that member's weights: the records equal the sequential path's. Logs, metrics and
-    validation are Keras' own. On a GPU (not measured so) Keras' own step is kept.
-    """
-
-    folds: tuple[int, ...]  # the members' folds, in the order of the model's outputs
-    member_loss: keras.losses.Loss
-
-    def train_step(self, data):
-        import tensorflow as tf
-
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, gradients, after = {}, {}, []
-        for k in self.folds:
-            name = member_name(k)
-            member = self.get_layer(name)
-            with tf.control_dependencies(after):
-                member_x = tf.identity(x[f"{name}_input"])
-            with tf.GradientTape() as tape:
-                y_pred[name] = member(member_x, training=True)
-                loss = keras.ops.cast(self.member_loss(y[name], y_pred[name]), "float32")
-                loss = sum(member.losses, loss)
-                loss = self.optimizer.scale_loss(loss)
-            variables = member.trainable_variables
-            found = tape.gradient(loss, variables)
-            gradients.update({id(v): g for v, g in zip(variables, found)})
-            after = [g.op for g in found if g is not None]
-        weights = self.trainable_weights
-        self.optimizer.apply_gradients(zip([gradients[id(w)] for w in weights], weights))
-        # Keras' loss logs, as its own step keeps them (the members' records use the exact metric)
-        loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
-        tracker = getattr(self, "_loss_tracker", None)
-        if tracker is not None:
-            tracker.update_state(loss, sample_weight=tf.shape(next(iter(x.values())))[0])
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-def _member_loss(loss) -> keras.losses.Loss:
-    """The compiled `loss` of one output as Keras makes it (mean over the batch)."""
-    found = keras.losses.get(loss)
-    if isinstance(found, keras.losses.Loss):
-        return _copy(found)
-    return _PerSampleLoss(found)
-
-
-class _PerSampleLoss(keras.losses.Loss):
-    """A loss function's values averaged over the batch, as Keras' own wrapper of a compiled loss
-    function does (its reduction is this base class's)."""
-
-    def __init__(self, fn: Callable):
-        super().__init__(name=getattr(fn, "__name__", "loss"))
-        self.fn = fn
-
-    def call(self, y_true, y_pred):
-        return self.fn(y_true, y_pred)
-
-
-def compile_arguments(model: keras.Model) -> dict:
-    """What `model.compile` was given (loss, metrics, ...), as given."""
-    return dict(model._compile_config.config)
-
-
-def _copy(obj):
-    """A new instance of a Keras object from its configuration (a name or a function as it is)."""
-    if isinstance(obj, (keras.metrics.Metric, keras.optimizers.Optimizer, keras.losses.Loss)):
-        return type(obj).from_config(obj.get_config())
-    return obj
-
-
-def _exact_loss(loss) -> keras.metrics.Metric:
-    """The member's loss averaged over its samples (Keras' own per-output loss weighs every batch alike)."""
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)  # the function: one value per sample
-    elif isinstance(loss, keras.losses.Loss):
-        loss = type(loss).from_config({**loss.get_config(), "reduction": "none"})
-    return keras.metrics.MeanMetricWrapper(loss, name=_LOSS_METRIC)
-
-
-def member_logs(logs: dict, k: int) -> dict:
-    """Member k's epoch logs under the names a lone fit gives (`loss`, `accuracy`, `val_loss`, ...)."""
-    prefix, found = f"{member_name(k)}_", {}
-    for key, value in logs.items():
-        val = key.startswith("val_")
-        name = key[4:] if val else key
-        if not name.startswith(prefix):
-            continue
-        name = name[len(prefix):]
-        if name == "loss":
-            continue  # Keras' per-output tracker; the exact one is _LOSS_METRIC
-        name = "loss" if name == _LOSS_METRIC else name
-        found[("val_" if val else "") + name] = float(value)
-    return found
 
 
 class FusedModels:
@@ -230,12 +86,12 @@ class FusedModels:
 
     def _load(self, members: dict[int, keras.Model]) -> keras.Model:
         model = self._model
-        first = next(iter(members.values()))
-        optimizer = _copy(first.optimizer)
-        optimizer.build(model.trainable_variables)
+        for member in members.values():
+            member.optimizer.build(member.trainable_variables)
+        optimizers = MemberOptimizers(members)
         pairs = [pair for k, member in members.items()
                  for pair in zip(model.get_layer(member_name(k)).variables, member.variables)]
-        for target, value in [*pairs, *zip(model.optimizer.variables, optimizer.variables)]:
+        for target, value in [*pairs, *zip(model.optimizer.variables, optimizers.variables)]:
             # (a copy: JAX must not see one buffer twice); the learning rate is one of the optimizer's variables
             target.assign(keras.ops.convert_to_numpy(value))
         return model
@@ -376,4 +232,4 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     path.unlink(missing_ok=True)
 
 
-__all__ = ["FusedModels", "Members", "fuse", "member_logs", "train_folds"]
+__all__ = ["STATE_FILE", "FusedModels", "Members", "fuse", "member_logs", "member_name", "train_folds"]

@@ -107,9 +107,14 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
 
 
-# `--fold-mode auto` under TensorFlow on a CPU: fused once each fold trains at least this many steps
-# (its batches times epochs), else sequential (README: "Fused or sequential on the CPU")
-CPU_FUSED_MIN_STEPS = 100
+# `--fold-mode auto` under TensorFlow on a CPU: fused once each fold trains at least this many steps (its
+# batches times epochs), by CPU class, each the shortest folds whose records show fused faster there
+# (README: "Fused or sequential on the CPU"); a CPU class without records trains sequentially.
+CPU_FUSED_MIN_STEPS = {
+    "amd-avx512-bf16": 100,  # fused 0.95 at 150 steps (medium-tensorflow-amd-2026-12-01.json), 1.20 at 19
+    "intel-amx": 100,  # fused 0.93 at 150 steps (medium-tensorflow-amx-2026-12-01.json), 1.22 at 19
+    "intel": 1875,  # fused 1.05 at 150 steps (medium-tensorflow-intel-*-2026-11-30b.json), 0.94 at 1,875
+}
 
 
 def fold_steps(plan: SearchPlan) -> int:
@@ -120,31 +125,42 @@ def fold_steps(plan: SearchPlan) -> int:
 
 
 def resolve_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu", ray: bool = False) -> str:
-    """"fused" or "sequential" for `--fold-mode auto`: a resumed project's own; else sequential for
-    a model that cannot train fused or has its own `fit` (fused training would hand it a dataset
-    of fused batches); else fused on a GPU. On a CPU under TensorFlow, fused where each fold trains
-    at least `CPU_FUSED_MIN_STEPS` steps: a fused trial traces its K-member step once per
-    architecture (seconds more than one model's), then saves a few milliseconds on every step.
-    Measured on three CPUs (README: "Fused or sequential on the CPU"): fused lost by about 20% at
-    19 steps per fold on all three; at 150 steps it won by 5-9% on the AMX and AMD machines
-    (bfloat16 and float32) and lost 5% on an Intel CPU without AMX (two separate runs of older
-    code); it won at 750 and 1,875 steps. The break-even, estimated from the AMD and AMX records, is
-    about 80 steps per fold on both. Sequential under PyTorch and JAX on a CPU (not measured
-    fused there), and on the CPUs of a Ray cluster (`ray`: there a trial's folds are tasks spread
-    over the workers; fused, they would be one task)."""
+    """"fused" or "sequential" for the search (see `decide_fold_mode`)."""
+    return decide_fold_mode(plan, stored, device, ray)[0]
+
+
+def decide_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str = "cpu",
+                     ray: bool = False) -> tuple[str, str | None]:
+    """(fold mode, why `auto` took sequential, or None). An explicit `--fold-mode` as given; a resumed
+    project's own; else sequential for a model that cannot train fused exactly
+    (`models.checks.fused_blocker`); else fused on a GPU. On a CPU under TensorFlow, fused where
+    each fold trains at least `CPU_FUSED_MIN_STEPS` steps for this CPU's class: a fused trial
+    traces its K-member step once per architecture (seconds more than one model's), then saves a
+    few milliseconds on every step. Sequential under PyTorch and JAX on a CPU (not measured fused
+    there), and on the CPUs of a Ray cluster (there a trial's folds are tasks spread over the
+    workers; fused, they would be one task)."""
     import keras
 
+    from tuner_app.device import cpu_class
+
     if plan.cv.fold_mode != "auto":
-        return plan.cv.fold_mode
+        return plan.cv.fold_mode, None
     if stored and isinstance(stored.get("cv"), dict):
-        return stored["cv"]["fold_mode"]
-    if plan.check.fused_blocker or plan.check.own_fit:
-        return "sequential"
+        return stored["cv"]["fold_mode"], None
+    if plan.check.fused_blocker:
+        return "sequential", f"not fused: {plan.check.fused_blocker}"
     if device == "gpu":
-        return "fused"
-    if not ray and keras.backend.backend() == "tensorflow" and fold_steps(plan) >= CPU_FUSED_MIN_STEPS:
-        return "fused"
-    return "sequential"
+        return "fused", None
+    if ray:
+        return "sequential", "not fused: a trial's folds are Ray tasks"
+    if keras.backend.backend() != "tensorflow":
+        return "sequential", f"not fused on a CPU under {keras.backend.backend()}"
+    least = CPU_FUSED_MIN_STEPS.get(cpu_class())
+    if least is None:
+        return "sequential", "not fused: no record of this CPU class"
+    if fold_steps(plan) < least:
+        return "sequential", f"not fused: {fold_steps(plan)} steps per fold, fused from {least} on this CPU"
+    return "fused", None
 
 
 def grid_params(plan: SearchPlan) -> list[int]:
@@ -355,4 +371,4 @@ def _failure_hint(tuner: CVTuner) -> str:
     return f"trial {t.trial_id}: {last[0].strip()} (full traceback in {where}); rerun the same command to retry it"
 
 
-__all__ = ["SearchPlan", "default_cv", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]
+__all__ = ["SearchPlan", "decide_fold_mode", "default_cv", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]

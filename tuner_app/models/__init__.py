@@ -242,9 +242,25 @@ def dtype_policy(precision: str):
 
 
 def build(hypermodel: keras_tuner.HyperModel, hp: keras_tuner.HyperParameters, precision: str = "float32"):
-    """`hypermodel.build(hp)` under the dtype policy `precision`."""
+    """`hypermodel.build(hp)` under the dtype policy `precision`, its random layers seeded (`own_random_streams`)."""
     with dtype_policy(precision):
-        return hypermodel.build(hp)
+        model = hypermodel.build(hp)
+    own_random_streams(model)
+    return model
+
+
+def own_random_streams(model) -> None:
+    """Under PyTorch, Keras draws an unseeded random layer's noise (Dropout's mask, ...) from torch's one
+    global generator, so a model's draws depend on every other model that draws meanwhile (the other
+    members of fused folds). Each such layer's seed generator is given the seed it was built with (drawn
+    after `keras.utils.set_random_seed`): its draws are then its own, the same for a fold trained alone
+    or fused. Under TensorFlow and JAX Keras draws from the layer's seed generator already."""
+    if keras.backend.backend() != "torch" or not isinstance(model, keras.Model):
+        return
+    for layer in model._flatten_layers():
+        for generator in getattr(layer, "_seed_generators", ()):
+            if generator._initial_seed is None:
+                generator._initial_seed = int(keras.ops.convert_to_numpy(generator.state)[0])
 
 
 def hyperparameters(values: dict) -> keras_tuner.HyperParameters:

@@ -44,7 +44,10 @@ class ModelCheck:
 
 
 def fused_blocker(model: keras.Model) -> str | None:
-    """Why `model` cannot train in `tuner_app.fused` (one input, one output, one Keras loss), or None."""
+    """Why `model`'s folds cannot train fused exactly as they train one by one (the contract of
+    `tuner_app.fused_model`), or None: one input and one output, Keras' own train and test steps
+    (the fused step is theirs), and an optimizer that does not scale its loss (members sum their
+    losses into one backward pass, which one loss scale would have to serve)."""
     for kind in ("inputs", "outputs"):
         try:
             count = len(getattr(model, kind) or [None])
@@ -52,10 +55,16 @@ def fused_blocker(model: keras.Model) -> str | None:
             count = 1
         if count != 1:
             return f"it has {count} {kind}"
-    loss = dict(getattr(getattr(model, "_compile_config", None), "config", None) or {}).get("loss")
-    if not (isinstance(loss, (str, keras.losses.Loss)) or callable(loss)):
-        return f"its compiled loss is a {type(loss).__name__}, not one loss"
+    for step in ("train_step", "test_step"):
+        if getattr(type(model), step) is not getattr(keras.Model, step):
+            return f"it has its own {step}()"
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or getattr(optimizer, "loss_scale_factor", None):
+        return "its optimizer scales the loss"
     return None
+
+
+OWN_FIT_BLOCKER = "its HyperModel has its own fit(), which may choose the batch size or the data order"
 
 
 def own_fit(hypermodel: keras_tuner.HyperModel) -> bool:
@@ -125,6 +134,8 @@ def check_model(loaded: LoadedModel, values: dict, x: np.ndarray, y: np.ndarray,
         raise ModelError(f"--objective {objective}: model {spec} computes {', '.join(names)}; pick one of those, or "
                          "compile the metric into the model")
     params, blocker = int(model.count_params()), fused_blocker(model)
+    if blocker is None and own_fit(loaded.hypermodel):
+        blocker = OWN_FIT_BLOCKER
     keras.backend.clear_session()
     return ModelCheck(form, names, params, blocker, own_fit(loaded.hypermodel))
 

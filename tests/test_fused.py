@@ -62,25 +62,25 @@ def test_a_member_trains_as_its_sequential_fold(folds_data, tmp_path):
             assert together[k][name] == pytest.approx(alone[name], abs=2e-4), (k, name)
 
 
-def test_fused_and_sequential_fold_records_agree_on_the_test_subset(tmp_path, small_dataset):
-    """Through the whole search, the two fold modes give every fold the same record: a member sees
-    its sequential fold's batches (`tuner_app.batches`), so only float rounding differs (measured
-    on 1,300 images after 5 epochs: 6e-8 at most; a different data order moved a fold by up to 0.08)."""
+def test_fused_and_sequential_fold_records_agree_through_a_search_on_folds_a_batch_apart(tmp_path, small_dataset):
+    """Through the whole search, the two fold modes give every fold the same record, on 961 images whose
+    5 folds train on 768 or 769 rows: 6 or 7 batches of 128 (a member without a batch takes no step)."""
     from tuner_app.search import run_search
 
     records = {}
     for mode in ("fused", "sequential"):
-        cv = CVConfig(folds=5, epochs=5, fold_mode=mode, precision="float32")
+        cv = CVConfig(folds=5, epochs=4, fold_mode=mode, precision="float32")
         pdir = run_search(small_dataset, "seed", {"filters": ["16,32"], "learning_rate": [0.001]}, cv,
-                          directory=tmp_path, project=mode)
+                          directory=tmp_path, project=mode, train_limit=961)
         assert json.loads((pdir / "search.json").read_text())["cv"]["fold_mode"] == mode
         records[mode] = json.loads(next(pdir.glob("trial_*/folds.json")).read_text())
         assert [r["fold"] for r in records[mode]] == [1, 2, 3, 4, 5]
-    assert np.mean([r["val_accuracy"] for r in records["sequential"]]) > 0.8  # it learnt
+    assert {r["train_size"] for r in records["fused"]} == {768, 769}
+    assert np.mean([r["val_accuracy"] for r in records["sequential"]]) > 0.5  # it learnt (chance: 0.1)
     for fused_record, sequential in zip(records["fused"], records["sequential"]):
         assert fused_record["best_epoch"] == sequential["best_epoch"]
         for name in METRICS:
-            assert fused_record[name] == pytest.approx(sequential[name], abs=5e-4), (sequential["fold"], name)
+            assert fused_record[name] == pytest.approx(sequential[name], rel=2e-3, abs=1e-6), (sequential["fold"], name)
 
 
 def test_the_reused_fused_model_gives_the_records_of_a_fresh_one(folds_data, tmp_path):
@@ -96,10 +96,11 @@ def test_the_reused_fused_model_gives_the_records_of_a_fresh_one(folds_data, tmp
             assert fresh[k][name] == pytest.approx(first[k][name], abs=1e-6)
 
 
-# One grid point, 3 folds, 4 epochs: a fused trial long enough to be killed between epochs.
-FUSED_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "900", "--folds", "3", "--epochs", "4", "--patience", "4",
-                "--filters", "16,32", "--learning-rate", "0.001", "--fold-mode", "fused", "--precision", "float32",
-                "--quiet"]
+# One grid point, 3 folds, up to 8 epochs, patience 1: fused, fold 3 stops after its 3rd epoch, fold 1 after
+# its 5th, fold 2 runs all 8 (the same as sequential): a trial long enough to be killed with one member done.
+FUSED_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "600", "--folds", "3", "--epochs", "8", "--patience", "1",
+                "--batch-size", "32", "--filters", "16,32", "--learning-rate", "0.001", "--fold-mode", "fused",
+                "--precision", "float32", "--quiet"]
 
 
 def comparable(pdir) -> dict:
@@ -107,29 +108,39 @@ def comparable(pdir) -> dict:
     return {r["fold"]: {k: v for k, v in r.items() if k not in ("seconds", "rss_mb", "finished_at")} for r in folds}
 
 
-def test_sigkill_in_the_middle_of_a_fused_trial_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_in_the_middle_of_a_fused_trial_with_a_member_stopped_early_then_resume_equals_an_uninterrupted_run(
+        tmp_path):
     run_cli("search", *FUSED_SEARCH, "--directory", tmp_path / "ref", "--project", "p", check=True)
+    reference = comparable(tmp_path / "ref" / "p")
+    assert {k: r["epochs"] for k, r in reference.items()} == {1: 5, 2: 8, 3: 3}
     pdir = tmp_path / "p"
     proc = start_cli("search", *FUSED_SEARCH, "--directory", tmp_path, "--project", "p")
-    state_file = None
+    meta = {}
 
-    def checkpointed() -> bool:
-        nonlocal state_file
+    def one_member_done() -> bool:
         found = list(pdir.glob(f"trial_*/{fused.STATE_FILE}"))
-        state_file = found[0] if found else None
-        return state_file is not None
+        if found:
+            try:
+                with np.load(found[0]) as saved:
+                    meta.update(json.loads(str(saved["meta"])), path=found[0])
+            except (OSError, ValueError, KeyError):  # (replaced meanwhile)
+                return False
+        return meta.get("epoch", 0) >= 4
 
-    wait_for(checkpointed, proc=proc)  # at least one epoch finished and saved
+    wait_for(one_member_done, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    with np.load(state_file) as saved:
-        epoch = json.loads(str(saved["meta"]))["epoch"]
-    assert 1 <= epoch < 4, "killed between the first and the last epoch"
+    done = meta["members"]["done"]
+    assert done["3"] and not done["2"], "killed with fold 3 stopped early and fold 2 still training"
+    before = {r["fold"]: r["finished_at"] for r in json.loads(next(pdir.glob("trial_*/folds.json")).read_text())}
+    assert 3 in before and 2 not in before
     resumed = run_cli("search", *FUSED_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
     assert resumed.returncode == 0
-    assert not state_file.exists()  # a finished trial drops its fused state
-    assert comparable(pdir) == comparable(tmp_path / "ref" / "p")
+    assert not meta["path"].exists()  # a finished trial drops its fused state
+    assert comparable(pdir) == reference
+    after = {r["fold"]: r["finished_at"] for r in json.loads(next(pdir.glob("trial_*/folds.json")).read_text())}
+    assert all(after[k] == at for k, at in before.items())  # the folds recorded before the kill were kept
 
 
 def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsys):

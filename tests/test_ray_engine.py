@@ -333,7 +333,7 @@ def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path,
     proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
                    "--epochs", "1", "--ray", "--directory", tmp_path, "--project", "f", "--quiet")
     assert proc.returncode == 1
-    assert "1 trial(s) failed; trial 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
+    assert "1 trial(s) failed; trial 1: fold 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     trial = json.loads((tmp_path / "f" / "trial_1" / "trial.json").read_text())
     assert trial["status"] == "FAILED" and "broken.py" in trial["message"]

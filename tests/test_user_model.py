@@ -88,7 +88,7 @@ def test_a_model_that_fails_while_training_is_a_failed_trial_with_its_traceback(
     proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
                    "--epochs", "1", "--directory", tmp_path, "--project", "f", "--quiet")
     assert proc.returncode == 1
-    assert "1 trial(s) failed; trial 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
+    assert "1 trial(s) failed; trial 1: fold 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
     assert "rerun the same command to retry it" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     trial = json.loads((tmp_path / "f" / "trial_1" / "trial.json").read_text())
     assert trial["status"] == "FAILED" and "Traceback" in trial["message"] and "broken.py" in trial["message"]
@@ -104,3 +104,30 @@ def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it():
                           check=False, cwd=MODELS, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "6 grid points" in proc.stdout
+
+
+@pytest.mark.parametrize("fold_mode", ["fused", "sequential"])
+def test_a_failed_trial_says_which_folds_failed_and_the_models_own_error(tmp_path, fold_mode):
+    model = f"{MODELS / 'broken.py'}:fails_in_its_training_step"
+    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+                   "--epochs", "1", "--fold-mode", fold_mode, "--directory", tmp_path, "--project", "f", "--quiet")
+    assert proc.returncode == 1
+    folds = "folds 1, 2 (fused)" if fold_mode == "fused" else "fold 1"
+    assert f"1 trial(s) failed; trial 0: {folds}: ValueError: this layer fails in a training step" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_frameworks_error_is_said_by_what_went_wrong_not_where():
+    """TensorFlow's graph errors start with where (the node and its Python frames); the line says what."""
+    import tensorflow as tf
+
+    from tuner_app.errors import FoldFailed
+
+    @tf.function
+    def gather(i):
+        return tf.gather(tf.constant([1.0, 2.0, 3.0]), i)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        gather(tf.constant([10]))
+    assert str(raised.value).startswith("Graph execution error")
+    assert str(FoldFailed("fold 2", raised.value)) == "fold 2: InvalidArgumentError: indices[0] = 10 is not in [0, 3)"

@@ -4,6 +4,9 @@ The CLI prints `str(error)` as one line on stderr and exits with `exit_code`;
 anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+import re
+
 
 class TunerAppError(Exception):
     """Base class: a failure with a one-line, actionable message."""
@@ -54,6 +57,53 @@ class StateError(TunerAppError):
     """Damaged or missing state under the search directory (exit code 1)."""
 
     exit_code = 1
+
+
+class FoldFailed(RuntimeError):
+    """A fold's training raised: names the fold(s) and the model's own exception in one line (the
+    traceback stays in the trial's `trial.json`).
+
+    Args:
+        folds: What failed, e.g. "fold 2" or "folds 1-5 (fused)".
+        error: The exception the training raised.
+    """
+
+    def __init__(self, folds: str, error: BaseException):
+        super().__init__(f"{folds}: {type(error).__name__}: {summary(error)}")
+
+
+@contextlib.contextmanager
+def failing_as(folds: str):
+    """A training error inside becomes `FoldFailed` naming `folds` and the model's own exception (its
+    traceback chained, in `trial.json`); the tool's own errors pass as they are (and a stop request,
+    which is no Exception)."""
+    try:
+        yield
+    except (TunerAppError, FoldFailed):
+        raise
+    except Exception as e:
+        raise FoldFailed(folds, e) from e
+
+
+def failed_fold_line(message: str) -> str | None:
+    """What a `FoldFailed` said, from the traceback text of a failed trial (KerasTuner's or Ray's)."""
+    token = f"{FoldFailed.__module__}.{FoldFailed.__name__}: "
+    found = [line.split(token, 1)[1].strip() for line in message.splitlines() if token in line]
+    return found[-1] if found else None
+
+
+# Lines of a framework's error text that say where, not what (TensorFlow's graph errors, JAX's tracebacks)
+_WHERE = ("Graph execution error", "Detected at node", "Stack trace", "File ", "[[", "The above exception",
+          "Traceback", "---", "For simplicity, JAX", "When tracing", "Node:", "Exception encountered when calling")
+_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # Keras' bold in a layer's error
+
+
+def summary(error: BaseException) -> str:
+    """The first line of `error`'s message that says what went wrong, at most 300 characters."""
+    text = _STYLE.sub("", str(getattr(error, "message", None) or error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(_WHERE)]
+    return ((said or lines or ["(no message)"])[0])[:300]
 
 
 class SearchInterrupted(BaseException):

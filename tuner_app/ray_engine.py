@@ -374,6 +374,7 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
         queue: A `ray.util.queue.Queue` for progress events.
     """
     from tuner_app import fused
+    from tuner_app.errors import failing_as
     from tuner_app.folds import train_fold
 
     cv = job["cv"]
@@ -381,12 +382,14 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
     progress = _Relay(queue, trial_id)
     if cv.fold_mode != "fused":
         (k,) = folds
-        return [train_fold(hypermodel, caches["fold"], cv, hp, k, x, y, fold_splits[k - 1], progress)]
+        with failing_as(f"fold {k}"):
+            return [train_fold(hypermodel, caches["fold"], cv, hp, k, x, y, fold_splits[k - 1], progress)]
     records = []
     trial_dir = tempfile.mkdtemp(prefix="tuner-app-fused-")  # the per-epoch checkpoint: this worker's own
     try:
-        fused.train_folds(hypermodel, cv, hp, folds, x, y, fold_splits, trial_dir,
-                          lambda record, history: records.append(record), progress, caches["fused"])
+        with failing_as(f"folds {', '.join(map(str, folds))} (fused)"):
+            fused.train_folds(hypermodel, cv, hp, folds, x, y, fold_splits, trial_dir,
+                              lambda record, history: records.append(record), progress, caches["fused"])
     finally:
         shutil.rmtree(trial_dir, ignore_errors=True)
     return records

@@ -23,7 +23,7 @@ from tuner_app import compiled_loop, distributed, ray_engine, state
 from tuner_app import data as data_mod
 from tuner_app import grid as grid_mod
 from tuner_app import retrain as retrain_mod
-from tuner_app.errors import SettingError, TunerAppError, UsageError
+from tuner_app.errors import SettingError, TunerAppError, UsageError, failed_fold_line
 from tuner_app.models import LoadedModel, load_model
 from tuner_app.models.checks import ModelCheck, check_model, failure
 from tuner_app.progress import Progress
@@ -366,9 +366,10 @@ def _failure_hint(tuner: CVTuner) -> str:
     if not failed:
         return "rerun to retry"
     t = failed[-1]
-    last = [line for line in (t.message or "").strip().splitlines() if line.strip()][-1:] or ["unknown error"]
+    lines = [line.strip() for line in (t.message or "").splitlines() if line.strip()]
+    what = failed_fold_line(t.message or "") or (lines[-1:] or ["unknown error"])[-1]
     where = Path(tuner.get_trial_dir(t.trial_id)) / state.TRIAL_FILE
-    return f"trial {t.trial_id}: {last[0].strip()} (full traceback in {where}); rerun the same command to retry it"
+    return f"trial {t.trial_id}: {what} (full traceback in {where}); rerun the same command to retry it"
 
 
 __all__ = ["SearchPlan", "decide_fold_mode", "default_cv", "plan_search", "resolve_fold_mode", "run_plan", "run_search"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tuner_app import compiled_loop, fused, interrupt, models, retrain, state
 from tuner_app.batches import FoldBatches, validation_batch_size
-from tuner_app.errors import UsageError
+from tuner_app.errors import UsageError, failing_as
 from tuner_app.folds import FoldStore, splits, train_fold
 from tuner_app.grid import Grid
 from tuner_app.model_cache import ModelCache, architecture_key
@@ -103,15 +103,17 @@ class CVTuner(keras_tuner.Tuner):
             self._compile_later(trial.hyperparameters, x, y_fit)  # (JAX on a GPU)
         if self.cv.fold_mode == "fused":
             if pending:
-                self._run_fused(trial, trial_dir, pending, x, y_fit, store)
+                with failing_as(f"folds {', '.join(map(str, pending))} (fused)"):
+                    self._run_fused(trial, trial_dir, pending, x, y_fit, store)
             return store.means()
         if not own_fit(self.hypermodel):
             self.cache.prepare(trial.hyperparameters, [self.cv.seed + k for k in pending])
         for k in pending:
             interrupt.check()
             callbacks = self._tensorboard(trial, k) if self.tensorboard else []
-            record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, x, y_fit,
-                                self._splits[k - 1], self.progress, callbacks)
+            with failing_as(f"fold {k}"):
+                record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, x, y_fit,
+                                    self._splits[k - 1], self.progress, callbacks)
             store.add(record)
             self.progress.fold_end(record, self.cv.folds)
         return store.means()
@@ -271,3 +273,4 @@ class CVTuner(keras_tuner.Tuner):
 def _point(values: dict) -> str:
     """A grid point as a dictionary key."""
     return json.dumps(values, sort_keys=True, default=str)
+

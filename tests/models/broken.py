@@ -62,3 +62,19 @@ class FailsInTraining(keras_tuner.HyperModel):
         if hp.values["units"] == 16:
             raise RuntimeError("simulated out of memory in the test model")
         return model.fit(*args, **kwargs)
+
+
+class _FailsWhenTraining(layers.Layer):
+    def call(self, x, training=None):
+        if training:
+            raise ValueError("this layer fails in a training step")
+        return x
+
+
+def fails_in_its_training_step(hp, input_shape):
+    """Builds, predicts and evaluates fine (the pre-search check); its first training step raises."""
+    hp.Choice("units", [8])
+    model = keras.Sequential([keras.Input(input_shape), _FailsWhenTraining(), layers.Flatten(),
+                              layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model

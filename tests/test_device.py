@@ -65,3 +65,16 @@ def test_a_resume_or_a_worker_adopts_what_the_search_recorded(monkeypatch):
     # an explicit choice is kept as asked (a resume then refuses another precision: tests/test_search.py)
     assert settle(None, "auto", "float32", recorded=recorded)["precision"] == "float32"
     assert settle(None, "auto", "auto")["precision"] == precision("auto", resolve("auto"))  # a new search resolves
+
+
+def test_the_cpu_classes_the_records_distinguish():
+    from tuner_app.device import Cpu, cpu_class
+
+    def cpu(vendor, *flags):
+        return Cpu(vendor, "a CPU", "6/1", frozenset(flags))
+
+    assert cpu_class(cpu("GenuineIntel", "avx512_bf16", "amx_bf16")) == "intel-amx"
+    assert cpu_class(cpu("GenuineIntel", "avx512_bf16")) == "intel"
+    assert cpu_class(cpu("AuthenticAMD", "avx512_bf16")) == "amd-avx512-bf16"
+    assert cpu_class(cpu("AuthenticAMD", "avx2")) is None  # an AMD without AVX512_BF16: no record
+    assert cpu_class(cpu("", )) is None  # an ARM or an unreadable /proc/cpuinfo

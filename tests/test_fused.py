@@ -12,6 +12,7 @@ from test_resume import start_cli, wait_for
 
 from tuner_app import fused, fused_model, models
 from tuner_app.data import one_hot, scale_images
+from tuner_app.errors import DataWarning
 from tuner_app.folds import splits, train_fold
 from tuner_app.model_cache import ModelCache
 from tuner_app.models.seed import SeedCNN
@@ -152,6 +153,14 @@ def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsy
     assert not any(tmp_path.iterdir())
 
 
+def test_auto_says_why_it_did_not_fuse(tmp_path):
+    from conftest import MODELS
+
+    proc = run_cli("search", "--model", f"{MODELS / 'own_step.py'}:build", "--dataset", "mnist-sample", "--directory",
+                   tmp_path, "--dry-run", check=True)
+    assert "sequential (not fused: it has its own train_step())" in proc.stdout
+
+
 def test_a_preset_with_its_own_fit_trains_fused(tmp_path, small_dataset):
     """`extended`'s fit adds a cosine learning-rate schedule: fused training goes through it."""
     from tuner_app.search import run_search
@@ -187,3 +196,23 @@ def test_the_member_by_member_step_trains_as_keras_own_step(loss):
         trained[serial] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     for a, b in zip(*trained.values()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "another version"])
+def test_a_damaged_fused_checkpoint_restarts_its_folds_from_epoch_1_with_one_warning(folds_data, tmp_path, damage):
+    x, y, split = folds_data
+    cv = CVConfig(folds=3, epochs=2, precision="float32")
+    (tmp_path / "fresh").mkdir()
+    fresh = fused_records(x, y, split, cv, tmp_path=tmp_path / "fresh")
+    state_file = tmp_path / "damaged" / fused.STATE_FILE
+    state_file.parent.mkdir()
+    if damage == "truncated":  # a checkpoint cut short (a full disk, a copy interrupted)
+        state_file.write_bytes(b"PK\x03\x04" + bytes(100))
+    else:  # readable, but of other variables (a checkpoint of an earlier tuner-app)
+        np.savez(state_file, meta=np.array(json.dumps({"epoch": 1, "elapsed": 1.0, "members": fused.Members(
+            [1, 2, 3], cv).to_dict()})), v0=np.zeros(3), o0=np.zeros(3))
+    with pytest.warns(DataWarning, match="checkpoint is unreadable .*; folds 1, 2, 3 restart from epoch 1"):
+        again = fused_records(x, y, split, cv, tmp_path=tmp_path / "damaged")
+    assert not state_file.exists()
+    for k in (1, 2, 3):
+        assert {m: again[k][m] for m in METRICS} == pytest.approx({m: fresh[k][m] for m in METRICS}, abs=1e-6)

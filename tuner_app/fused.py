@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from tuner_app import compiled_loop, interrupt, models, state
 from tuner_app.batches import FoldBatches, FollowEpoch, validation_batch_size
+from tuner_app.errors import DataWarning
 from tuner_app.folds import fold_record
 from tuner_app.fused_model import MemberOptimizers, fuse, member_logs, member_name
 from tuner_app.model_cache import architecture_key
@@ -155,9 +158,12 @@ def save_state(path: Path, model: keras.Model, members: Members, epoch: int, ela
 
 def load_state(path: Path, model: keras.Model, cv: CVConfig) -> tuple[Members, int, float]:
     """Put a saved state into `model` (built the same way); (members, next epoch, seconds so far)."""
-    with np.load(path) as saved:
+    with open(path, "rb") as f, np.load(f) as saved:
         meta = json.loads(str(saved["meta"]))
         model.optimizer.build(model.trainable_variables)
+        found = [sum(name.startswith(prefix) for name in saved.files) for prefix in ("v", "o")]
+        if found != [len(model.variables), len(model.optimizer.variables)]:
+            raise ValueError(f"{found} variables saved, not {len(model.variables)} and {len(model.optimizer.variables)}")
         for prefix, variables in (("v", model.variables), ("o", model.optimizer.variables)):
             for i, variable in enumerate(variables):
                 variable.assign(saved[f"{prefix}{i}"])
@@ -167,9 +173,9 @@ def load_state(path: Path, model: keras.Model, cv: CVConfig) -> tuple[Members, i
 def saved_members(path: Path) -> list[int] | None:
     """The folds a saved fused state trains, or None when there is no readable one."""
     try:
-        with np.load(path) as saved:
+        with open(path, "rb") as f, np.load(f) as saved:
             return [int(k) for k in json.loads(str(saved["meta"]))["members"]["done"]]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
 
 
@@ -196,11 +202,22 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
     progress = progress or Progress()
     path = Path(trial_dir) / STATE_FILE
     saved = saved_members(path)
-    folds = saved or list(folds)
-    model = (cache or FusedModels(hypermodel, cv.precision)).fresh(hp, folds, cv.seed, x.shape[1:])
-    tracker, start_epoch, elapsed = Members(folds, cv), 0, 0.0
+    cache = cache or FusedModels(hypermodel, cv.precision)
+    model = cache.fresh(hp, saved or list(folds), cv.seed, x.shape[1:])
+    tracker, start_epoch, elapsed = Members(saved or list(folds), cv), 0, 0.0
+    damage = None if saved or not path.exists() else "not a checkpoint"
     if saved:
-        tracker, start_epoch, elapsed = load_state(path, model, cv)
+        try:
+            tracker, start_epoch, elapsed = load_state(path, model, cv)
+            folds = saved
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # damaged, or written by another version
+            damage = type(e).__name__
+            model = cache.fresh(hp, list(folds), cv.seed, x.shape[1:])
+            tracker = Members(list(folds), cv)
+    if damage:
+        warnings.warn(DataWarning(f"{path}: the fused trial's checkpoint is unreadable ({damage}); folds "
+                                  f"{', '.join(map(str, folds))} restart from epoch 1"), stacklevel=2)
+        path.unlink(missing_ok=True)
     started = time.perf_counter() - elapsed
     train = FoldBatches(x, y, {k: split[k - 1][0] for k in folds}, cv.batch_size, cv.seed, start_epoch,
                         name=member_name)

@@ -133,7 +133,7 @@ def decide_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str =
                      ray: bool = False) -> tuple[str, str | None]:
     """(fold mode, why `auto` took sequential, or None). An explicit `--fold-mode` as given; a resumed
     project's own; else sequential for a model that cannot train fused exactly
-    (`models.checks.fused_blocker`); else fused on a GPU. On a CPU under TensorFlow, fused where
+    (`models.checks.fused_blocker`) and in bfloat16 (where the two round apart); else fused on a GPU. On a CPU under TensorFlow, fused where
     each fold trains at least `CPU_FUSED_MIN_STEPS` steps for this CPU's class: a fused trial
     traces its K-member step once per architecture (seconds more than one model's), then saves a
     few milliseconds on every step. Sequential under PyTorch and JAX on a CPU (not measured fused
@@ -149,6 +149,8 @@ def decide_fold_mode(plan: SearchPlan, stored: dict | None = None, device: str =
         return stored["cv"]["fold_mode"], None
     if plan.check.fused_blocker:
         return "sequential", f"not fused: {plan.check.fused_blocker}"
+    if plan.cv.precision != "float32":  # (README "Fused folds": in bfloat16 the two paths round apart)
+        return "sequential", "not fused: fused folds equal sequential ones in float32 only"
     if device == "gpu":
         return "fused", None
     if ray:

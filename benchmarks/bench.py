@@ -36,7 +36,8 @@ SEED_PIPELINE = ROOT / "benchmarks" / "seed_pipeline.py"
 SEED_PIPELINE_SHA256 = "2fe02b73219921bd71a0e87f2c661d903d22fa7c71a4ddda558cf9a2026093fb"
 SAMPLE = ROOT / "tuner_app" / "datasets" / "mnist_sample"  # IDX files: --dry-run's data
 sys.path.insert(0, str(ROOT))
-from tuner_app import device, report
+from tuner_app.results import load_results
+from tuner_app.runtime import hardware
 
 WORKLOADS = {  # train images (None: all 60,000), epochs per fold, retrain epochs
     "tiny": (600, 1, 1),  # --dry-run's (with 2 folds): checks the script end to end in seconds
@@ -70,7 +71,7 @@ def child_env() -> dict:
 
 def machine() -> str:
     """The CPU (model, family/model, its bfloat16 units: what `--precision auto` rests on), cores, OS."""
-    return f"{device.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
+    return f"{hardware.cpu_info().describe()}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def write_probe(what: str, script: str, backend: str, rows: list[dict], path: Path | None, name: str) -> None:
@@ -128,7 +129,7 @@ def tuner_run(args, limit, epochs, final, env, directory, ray: bool = False, fol
     retrained = json.loads((pdir / "retrain.json").read_text())
     searched = json.loads((pdir / "search.json").read_text())
     ranking = [{"hyperparameters": r["hyperparameters"], "score": r["score"], "std": r["std"],
-                "fold_scores": [f[r["objective"]] for f in r["folds"]]} for r in report.load_results(pdir)]
+                "fold_scores": [f[r["objective"]] for f in r["folds"]]} for r in load_results(pdir)]
     rss_by_trial = []
     for tdir in sorted(pdir.glob("trial_*")):
         folds = json.loads((tdir / "folds.json").read_text())

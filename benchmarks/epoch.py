@@ -33,15 +33,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from tuner_app import device
+    from tuner_app.settle import settle
 
-    info = device.settle(args.backend, "cpu", "float32")
+    info = settle(args.backend, "cpu", "float32")
     import keras
     from bench import write_probe
 
     from tuner_app import models
     from tuner_app.data import load_dataset, one_hot, scale_images
-    from tuner_app.grid import Grid, discover
+    from tuner_app.tuning.grid import Grid, discover
 
     loaded = models.load_model(args.model)
     grid = Grid.from_space(discover(loaded.hypermodel))
@@ -67,8 +67,8 @@ def main() -> None:
     rows = [{"hyperparameters": architectures[i][0], "precision": precision, "epoch_s": round(statistics.median(times), 3),
              "rounds_s": times} for (i, precision), times in seconds.items()]
     write_probe(f"one training epoch of {len(x)} images, batch 128, per architecture of the {args.model} grid "
-                f"(median of {args.rounds} rounds)", "epoch.py", info["backend"], rows, args.json,
-                f"epoch-{args.model}-{info['backend']}")
+                f"(median of {args.rounds} rounds)", "epoch.py", info.backend, rows, args.json,
+                f"epoch-{args.model}-{info.backend}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Seconds of one validation pass per batch size: what `tuner_app.batches.validation_batch_size` rests on.
+"""Seconds of one validation pass per batch size: what `tuner_app.training.data_order.validation_batch_size` rests on.
 
     python benchmarks/eval_batch.py --backend tensorflow
 
 Times `model.evaluate` over N images of MNIST (a fold's validation pass, forward only) at batch sizes
 32 to 1024, for the seed preset's smallest and largest models, one model (a sequential fold, the
-retrain) and K fused members (`tuner_app.fused`), in float32 and in mixed bfloat16, best of --rounds
+retrain) and K fused members (`tuner_app.training.fused`), in float32 and in mixed bfloat16, best of --rounds
 passes per size (the sizes alternate within a round, so a busy neighbour slows them alike), and
 writes benchmarks/results/eval-batch-<backend>-<date>.json. Run one backend per process on a quiet
 machine.
@@ -35,14 +35,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from tuner_app import device
+    from tuner_app.settle import settle
 
-    info = device.settle(args.backend, "cpu", "float32")
+    info = settle(args.backend, "cpu", "float32")
     import keras
     from bench import write_probe
 
-    from tuner_app import fused, models
+    from tuner_app import models
     from tuner_app.data import load_dataset, one_hot, scale_images
+    from tuner_app.training import fused
 
     loaded = models.load_model("seed")
     ds = load_dataset(args.data)
@@ -76,7 +77,7 @@ def main() -> None:
                 print(f"{filters} x{members} {precision}: " + ", ".join(f"{s}: {t:.2f} s" for s, t in row["best_s"].items()),
                       flush=True)
     write_probe(f"model.evaluate of {len(x)} MNIST images per model at each batch size (best of {args.rounds})",
-                "eval_batch.py", info["backend"], rows, args.json, f"eval-batch-{info['backend']}")
+                "eval_batch.py", info.backend, rows, args.json, f"eval-batch-{info.backend}")
 
 
 if __name__ == "__main__":

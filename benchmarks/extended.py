@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import child_env, machine
 
-from tuner_app import report
+from tuner_app.results import load_results
 
 
 def run(cmd: list[str]) -> float:
@@ -71,7 +71,7 @@ def main() -> None:
         retrained = json.loads((pdir / "retrain.json").read_text())
         ranking = [{"hyperparameters": r["hyperparameters"], "score": r["score"], "std": r["std"],
                     "fold_scores": [f[r["objective"]] for f in r["folds"]], "epochs": [f["epochs"] for f in r["folds"]]}
-                   for r in report.load_results(pdir)]
+                   for r in load_results(pdir)]
     result = {
         "what": "extended preset: grid point chosen by CV alone, retrained on the whole training set, tested once",
         "command": " ".join(["python", "benchmarks/extended.py", *sys.argv[1:]]),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "tuner_app" / "datasets" / "mnist_sample"
-MODELS = Path(__file__).parent / "models"
+MODELS = Path(__file__).parent / "user_models"
 # The smallest search that still exercises everything: 2 grid points x 2 folds x 1 epoch.
 SMALL_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "400", "--folds", "2", "--epochs", "1",
                 "--filters", "16,32", "--filters", "32,64", "--learning-rate", "0.001", "--quiet"]
@@ -126,3 +128,32 @@ def searched(_searched, tmp_path) -> Path:
     directory = tmp_path / "tuning_dirs"
     shutil.copytree(_searched, directory)
     return directory
+
+
+# The seed's own 6-point grid on a small subset: 6 trials x 5 folds x 1 epoch.
+GRID_SEARCH = ["--data", str(MNIST_SAMPLE), "--train-limit", "300", "--epochs", "1", "--quiet"]
+
+
+def start_cli(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tuner_app", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def fold_records(pdir) -> dict:
+    """{(trial_id, fold): record} of every finished fold on disk."""
+    records = {}
+    for folds in pdir.glob("trial_*/folds.json"):
+        for r in json.loads(folds.read_text()):
+            records[(folds.parent.name, r["fold"])] = r
+    return records
+
+
+def wait_for(predicate, timeout=300.0, proc=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")

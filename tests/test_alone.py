@@ -24,7 +24,7 @@ def _span(name, seconds):
 '''
 ALONE = SPAN + '''
 
-pytestmark = pytest.mark.alone  # as tests/test_ray_engine.py
+pytestmark = pytest.mark.alone  # as tests/scaleout/test_ray_engine.py
 
 
 @pytest.mark.parametrize("i", range(5))

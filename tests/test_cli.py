@@ -4,9 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MNIST_SAMPLE, SMALL_SEARCH, run_cli
-
-from tuner_app.data import load_dataset
+from conftest import SMALL_SEARCH, run_cli
 
 
 def test_help_lists_every_command():
@@ -41,27 +39,6 @@ def test_results_json_lists_every_trial_with_its_fold_records(searched):
     assert csv.splitlines()[0].startswith("rank,trial_id,status") and len(csv.splitlines()) == 3
 
 
-def test_retrain_best_writes_a_model_that_reproduces_its_test_accuracy(searched):
-    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "2", check=True)
-    printed = float(proc.stdout.strip().splitlines()[-1].removeprefix("test accuracy: "))
-    pdir = searched / "small"
-    report = json.loads((pdir / "retrain.json").read_text())
-    best = json.loads(run_cli("results", "--directory", searched, "--project", "small", "-f", "json").stdout)[0]
-    assert report["hyperparameters"] == best["hyperparameters"] and report["cv_score"] == best["score"]
-    assert report["test_accuracy"] == pytest.approx(printed, abs=5e-5)
-    assert report["epochs"] == 2 and len(report["history"]["accuracy"]) == 2 and "val_accuracy" in report["history"]
-    assert report["train_size"] == 1000 and report["test_size"] == 300  # the whole (fixture) training set
-    assert report["backend"] and report["device"] == "cpu" and report["seconds"] > 0
-    assert report["precision"] == "float32"  # the final model at full precision, whatever the search used
-    assert report["test_accuracy"] > 0.3  # well above chance (0.1) after 2 epochs on 900 images
-
-    from tuner_app.retrain import evaluate_saved
-
-    loss, reloaded = evaluate_saved(pdir / "best_model.keras", load_dataset(MNIST_SAMPLE))
-    assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
-    # the test metrics come from the one pass of predictions: Keras' evaluate of the saved model agrees
-    assert report["test_loss"] == pytest.approx(loss, rel=1e-5)
-    assert report["test_metrics"]["accuracy"] == pytest.approx(report["test_accuracy"], abs=1e-6)
 
 
 def test_rerunning_a_finished_search_trains_nothing(searched):
@@ -95,13 +72,10 @@ def test_run_searches_then_retrains_the_best_in_one_process(tmp_path):
     assert retrained["precision"] == "float32" and folds == {p: p.read_bytes() for p in pdir.rglob("folds.json")}
 
 
-def test_retrain_best_without_a_search_says_so(tmp_path):
-    proc = run_cli("retrain-best", "--directory", tmp_path, "--project", "nothing")
-    assert proc.returncode == 2 and "no search project" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_device_gpu_without_a_gpu_is_an_error(tmp_path):
-    from tuner_app.device import resolve
+    from tuner_app.runtime.hardware import resolve
 
     if resolve("auto")["device"] == "gpu":
         pytest.skip("this machine has a GPU")
@@ -120,24 +94,6 @@ def test_precision_is_chosen_per_command_and_recorded(searched, tmp_path):
     assert json.loads((searched / "small" / "retrain.json").read_text())["precision"] == "mixed_bfloat16"
 
 
-def test_retraining_on_other_data_says_so_and_records_it(searched, tmp_path, small_dataset):
-    """Other images of the searched shape: retrain-best goes on, with one warning line naming both sources."""
-    other = tmp_path / "other.npz"
-    ds = small_dataset
-    np.savez(other, x_train=ds.x_train[::-1], y_train=ds.y_train[::-1], x_test=ds.x_test, y_test=ds.y_test)
-    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--data", other, "--epochs", "1",
-                   "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    warning = [line for line in proc.stderr.splitlines() if "warning" in line]
-    assert len(warning) == 1 and str(other) in warning[0] and "mnist-sample" in warning[0]
-    report = json.loads((searched / "small" / "retrain.json").read_text())
-    assert report["same_data_as_search"] is False and report["data"] == str(other.resolve())
-    assert report["searched_data"] == "mnist-sample"
-    # the searched data itself, reached by its path instead of its name, is the same data: no warning
-    proc = run_cli("retrain-best", "--directory", searched, "--project", "small", "--data", MNIST_SAMPLE, "--epochs",
-                   "1", "--quiet")
-    assert "warning" not in proc.stderr and json.loads((searched / "small" / "retrain.json").read_text())[
-        "same_data_as_search"] is True
 
 
 def test_the_saved_model_is_fsynced_before_it_replaces_the_old_one(searched, monkeypatch):

@@ -1,10 +1,9 @@
-import json
 
-import numpy as np
 import pytest
 from conftest import run_cli
 
-from tuner_app import plots, report
+from tuner_app import plots
+from tuner_app.results import load_results
 
 pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
 
@@ -12,7 +11,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_plot_has_one_point_per_fold_and_writes_a_png(searched, tmp_path):
-    results = report.load_results(searched / "small")
+    results = load_results(searched / "small")
     fig = plots.results_figure(results)
     from matplotlib.collections import PathCollection
 
@@ -32,28 +31,5 @@ def test_plot_option_needs_a_png_name(searched, tmp_path):
     assert proc.returncode == 2 and "--plot" in proc.stderr
 
 
-def test_retrain_best_writes_learning_curves_and_confusion_matrix(searched):
-    run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "300",
-            check=True)
-    pdir = searched / "small"
-    for name in ("learning_curves.png", "confusion_matrix.png"):
-        assert (pdir / name).read_bytes().startswith(PNG)
-    retrain = json.loads((pdir / "retrain.json").read_text())
-    matrix = np.array(retrain["confusion_matrix"])
-    assert matrix.shape == (10, 10) and matrix.sum() == retrain["test_size"]
-    assert abs(np.trace(matrix) / matrix.sum() - retrain["test_accuracy"]) < 1e-6
 
 
-def test_retrain_test_metrics_equal_keras_evaluate(searched, small_dataset):
-    """retrain-best computes test loss/accuracy from one predict pass; they must equal evaluate()."""
-    import keras
-
-    from tuner_app.data import one_hot, scale_images
-
-    run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "300",
-            check=True)
-    retrain = json.loads((searched / "small" / "retrain.json").read_text())
-    model = keras.saving.load_model(str(searched / "small" / "best_model.keras"))
-    loss, acc = model.evaluate(scale_images(small_dataset.x_test), one_hot(small_dataset.y_test, 10), verbose=0)
-    assert abs(retrain["test_accuracy"] - acc) < 1e-6
-    assert abs(retrain["test_loss"] - loss) < 1e-4

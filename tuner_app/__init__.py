@@ -1,13 +1,34 @@
 """tuner-app: grid search x stratified K-fold CV for any Keras model, on KerasTuner.
 
-The Python API (what the CLI calls; importing these loads Keras, so choose the backend first
-with `tuner_app.device.settle` or KERAS_BACKEND):
+The Python API, imported on first use (Keras loads then: set KERAS_BACKEND before it):
 
-    from tuner_app.data import load_dataset
-    from tuner_app.settings import CVConfig
-    from tuner_app.search import plan_search, run_search
-    from tuner_app.report import load_results
-    from tuner_app.retrain import retrain_best
+    from tuner_app import CVConfig, load_dataset, load_results, retrain_best, search
+
+    ds = load_dataset(dataset="mnist-sample")
+    pdir = search(ds, "seed", cv=CVConfig(folds=3, epochs=2))
+    load_results(pdir)[0]                  # the best trial, with its fold records
+    retrain_best(None, "tuning_dirs", "default")
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "search": "tuner_app.api",
+    "run_search": "tuner_app.api",
+    "plan_search": "tuner_app.tuning.plan",
+    "retrain_best": "tuner_app.retrain",
+    "load_results": "tuner_app.results",
+    "load_dataset": "tuner_app.data",
+    "CVConfig": "tuner_app.config",
+    "RetrainConfig": "tuner_app.config",
+    "RayConfig": "tuner_app.config",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'tuner_app' has no attribute {name!r}")

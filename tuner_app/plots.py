@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner_app import state
-from tuner_app.progress import describe
+from tuner_app.runtime import files
+from tuner_app.runtime.progress import describe
 
 
 def _figure():
@@ -27,7 +27,7 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     _figure().close(fig)
-    state.atomic_write_bytes(path, buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_results(results: list[dict], path: str | Path) -> Path:

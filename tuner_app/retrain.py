@@ -1,7 +1,7 @@
 """Best trial -> its model rebuilt and trained on the whole training set -> test evaluation -> files.
 
 Writes `<project>/best_model.keras`, `retrain.json` and two pictures, each atomically and
-durably (`state.atomic_save`). The model is the searched one (`search.json` names it),
+durably (`files.atomic_save`). The model is the searched one (`search.json` names it),
 rebuilt with the best trial's hyperparameter values; the data is the searched data unless
 another is given, in which case a `DataWarning` says so and retrain.json records it.
 """
@@ -18,14 +18,18 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from tuner_app import compiled_loop, models, plots, report, state
 from tuner_app import data as data_mod
-from tuner_app.batches import FoldBatches, fold_batches, fold_rows, validation_batch_size
+from tuner_app import models, plots
+from tuner_app.config import RetrainConfig, Settled
 from tuner_app.errors import DataError, DataWarning, UsageError
-from tuner_app.model_cache import architecture_key
-from tuner_app.models.checks import label_form, labels, own_fit
-from tuner_app.progress import Progress, epoch_callback, plural
-from tuner_app.settings import RetrainConfig
+from tuner_app.models.preflight import label_form, labels, own_fit
+from tuner_app.results import best_completed, load_results
+from tuner_app.runtime import files
+from tuner_app.runtime.progress import Progress, epoch_callback, plural
+from tuner_app.training import compile_ahead, jax_loop
+from tuner_app.training.compile_ahead import retrain_label, retrain_split_at
+from tuner_app.training.data_order import fold_batches, fold_rows, validation_batch_size
+from tuner_app.tuning import state
 
 
 def default_config(model: models.LoadedModel, **given) -> RetrainConfig:
@@ -42,7 +46,7 @@ def retrain_best(
     project: str = "default",
     config: RetrainConfig | dict | None = None,
     train_limit: int | None = None,
-    device_info: dict | None = None,
+    settled: Settled | None = None,
     progress: Progress | None = None,
     hypermodel=None,
 ) -> dict:
@@ -57,7 +61,7 @@ def retrain_best(
             them (None values and missing keys: the model's suggested `retrain_*` values, else
             RetrainConfig's, the seed notebook's).
         train_limit: Train on a stratified subset of this many images (quick runs).
-        device_info: What `tuner_app.device.resolve` reported, stored in retrain.json.
+        settled: The device it trains on (`tuner_app.settle.settle`), stored in retrain.json; None: the CPU.
         progress: Listener for progress events.
         hypermodel: The model to rebuild; None loads what the search recorded (a Python object
             passed to `run_search` has to be passed again).
@@ -68,7 +72,7 @@ def retrain_best(
     progress = progress or Progress()
     pdir = state.project_dir(directory, project)
     searched = state.stored_settings(pdir)
-    best = report.best_completed(report.load_results(pdir))
+    best = best_completed(load_results(pdir))
     if best is None:
         raise UsageError(f"project {pdir} has no completed trial yet; run (or resume) `tuner-app search` first")
     dataset = dataset or data_mod.load_source(searched["data"]["source"])
@@ -90,13 +94,13 @@ def retrain_best(
     x, x_test = data_mod.scale_images(dataset.x_train), data_mod.scale_images(dataset.x_test)
 
     hp = models.hyperparameters(best["hyperparameters"])
-    if compiled_loop.applies(loaded.hypermodel):  # JAX on a GPU: what the search compiled for this retrain
-        compiled_loop.cache_compilations(pdir / state.XLA_CACHE_DIR)
+    if jax_loop.applies(loaded.hypermodel):  # JAX on a GPU: what the search compiled for this retrain
+        compile_ahead.cache_compilations(pdir / state.XLA_CACHE_DIR)
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = models.build(loaded.hypermodel, hp, config.precision)
     form = label_form(model)
-    trained = _split_at(x, config)
+    trained = retrain_split_at(x, config)
     progress.message(f"retraining trial {best['trial_id']} on {trained} images ({len(x) - trained} more held out "
                      f"for validation) for {plural(config.epochs, 'epoch')}")
     progress.fold_start(1, 1, config.epochs)
@@ -104,7 +108,7 @@ def retrain_best(
     history = _fit(loaded.hypermodel, hp, model, x, labels(dataset.y_train, form, classes), config, seed,
                    [epoch_callback(progress)])
     train_seconds = time.perf_counter() - start
-    compiled_loop.stop_compiling_later()  # (the other architectures' retrains: not needed now)
+    jax_loop.stop_compiling_later()  # (the other architectures' retrains: not needed now)
     test_metrics, y_pred = _test(model, x_test, labels(dataset.y_test, form, classes),
                                  validation_batch_size(config.batch_size, x_test.shape[1:]))
     predicted = np.argmax(y_pred, axis=1)
@@ -112,7 +116,7 @@ def retrain_best(
     progress.close()
     confusion = confusion_matrix(dataset.y_test, predicted, labels=list(range(classes)))
 
-    state.atomic_save(pdir / state.MODEL_FILE, lambda tmp: model.save(tmp))
+    files.atomic_save(pdir / state.MODEL_FILE, lambda tmp: model.save(tmp))
     logs = getattr(history, "history", history) or {}
     result = {
         "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"], "model": loaded.spec,
@@ -123,8 +127,8 @@ def retrain_best(
         "train_size": len(x), "test_size": len(x_test), "params": int(model.count_params()),
         **asdict(config), "seed": seed,
         "history": {k: [float(v) for v in vs] for k, vs in logs.items()},
-        "backend": keras.backend.backend(), "device": (device_info or {}).get("device", "cpu"),
-        "gpus": (device_info or {}).get("gpus", []),
+        "backend": keras.backend.backend(), "device": settled.device if settled else "cpu",
+        "gpus": list(settled.gpus) if settled else [],
         "train_seconds": round(train_seconds, 2), "seconds": round(seconds, 2),
         "confusion_matrix": confusion.tolist(),
         "data": dataset.source, "searched_data": searched["data"]["source"], "same_data_as_search": same_data,
@@ -134,49 +138,27 @@ def retrain_best(
     }
     plots.plot_history(result["history"], pdir / state.CURVES_FILE)
     plots.plot_confusion(confusion, pdir / state.CONFUSION_FILE)
-    state.atomic_write_json(pdir / state.RETRAIN_FILE, result)
+    files.atomic_write_json(pdir / state.RETRAIN_FILE, result)
     return result
 
 
 def _fit(hypermodel, hp, model: keras.Model, x: np.ndarray, y: np.ndarray, config: RetrainConfig, seed: int,
          callbacks: list):
     """`hypermodel.fit` as `model.fit(x, y, validation_split=...)` splits (the last rows validate), the
-    training rows in a new seeded order every epoch (`tuner_app.batches`, "fold" 0); a HyperModel
+    training rows in a new seeded order every epoch (`tuner_app.training.data_order`, "fold" 0); a HyperModel
     with its own `fit` gets the arrays and Keras' shuffle."""
     if own_fit(hypermodel):
         return hypermodel.fit(hp, model, x, y, epochs=config.epochs, batch_size=config.batch_size,
                               validation_split=config.validation_split, verbose=0, callbacks=callbacks)
-    split_at, val_size = _split_at(x, config), validation_batch_size(config.batch_size, x.shape[1:])
+    split_at, val_size = retrain_split_at(x, config), validation_batch_size(config.batch_size, x.shape[1:])
     batches, follow = fold_batches(x, y, np.arange(split_at), config.batch_size, seed, 0)
-    if compiled_loop.usable(hypermodel, model, batches):
-        compiled_loop.wait_for(_label(model))  # (`compile_later`: a search's background compilation)
-        return compiled_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), val_size),
+    if jax_loop.usable(hypermodel, model, batches):
+        jax_loop.wait_for(retrain_label(model))  # (`compile_ahead`: a search's background compilation)
+        return jax_loop.fit(model, batches, fold_rows(x, y, np.arange(split_at, len(x)), val_size),
                                  epochs=config.epochs, callbacks=[follow, *callbacks])
     return hypermodel.fit(hp, model, batches, validation_data=(x[split_at:], y[split_at:]), epochs=config.epochs,
                           validation_batch_size=val_size, shuffle=False, verbose=0,
                           callbacks=[follow, *callbacks])
-
-
-def compile_later(hypermodel, hp, x: np.ndarray, y: np.ndarray, config: RetrainConfig) -> None:
-    """Under JAX on a GPU: start compiling in the background (`compiled_loop.compile_later`) what the
-    retrain of `hp` on the images `x` (labels `y`, in the loss's form) with `config` will call; a search
-    does so while it trains, and the retrain (`_fit`) waits for it."""
-    model = models.build(hypermodel, hp, config.precision)
-    split_at = _split_at(x, config)
-    train = FoldBatches(x, y, {0: np.arange(split_at)}, config.batch_size)
-    val = FoldBatches(x, y, {0: np.arange(split_at, len(x))}, validation_batch_size(config.batch_size, x.shape[1:]),
-                      shuffle=False)
-    if compiled_loop.usable(hypermodel, model, train, val):
-        compiled_loop.compile_later(model, train, val, label=_label(model))
-
-
-def _split_at(x: np.ndarray, config: RetrainConfig) -> int:
-    """The first validation row: `model.fit(validation_split=...)` holds out the last rows."""
-    return int(np.floor(len(x) * (1.0 - config.validation_split)))
-
-
-def _label(model: keras.Model) -> tuple:
-    return ("retrain", architecture_key(model))
 
 
 def _test(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:

@@ -1,0 +1,158 @@
+"""Crash safety with real processes: SIGKILL at random moments, SIGTERM/Ctrl-C, the lock, damaged state."""
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+from conftest import GRID_SEARCH, MNIST_SAMPLE, fold_records, run_cli, start_cli, wait_for
+
+from tuner_app.runtime import files
+
+pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
+
+# Two points x 2 folds x 2 epochs: long enough to stop in the middle, short to finish.
+SHORT_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs", "2",
+                "--filters", "16,32", "--learning-rate", "0.01", "--learning-rate", "0.001", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("reference")
+    start = time.monotonic()
+    run_cli("search", *GRID_SEARCH, "--directory", directory, "--project", "p", check=True)
+    seconds = time.monotonic() - start
+    results = json.loads(run_cli("results", "--directory", directory, "--project", "p", "-f", "json",
+                                 check=True).stdout)
+    return results, seconds / sum(len(t["folds"]) for t in results)  # and the seconds per fold, start-up included
+
+
+def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupted):
+    uninterrupted, fold_seconds = uninterrupted
+    rng = random.Random(int(os.environ.get("KILL_SEED", "1234")))
+    pdir = tmp_path / "p"
+    kept = {}
+    for kill in range(5):
+        proc = start_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p")
+        # Let it make progress first (past start-up), then kill at a random moment.
+        done = len(fold_records(pdir)) if pdir.exists() else 0
+        wait_for(lambda done=done: pdir.exists() and len(fold_records(pdir)) > done, proc=proc)
+        # At most 1.5 folds' time (2.5 s at most), so that five kills leave folds to do on a fast CPU too.
+        time.sleep(rng.uniform(0.0, min(2.5, 1.5 * fold_seconds)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"kill {kill}: the search ended before it was killed"
+        # Every state file is whole after a kill (atomic writes), and earlier folds are untouched;
+        # a kill in the middle of a write leaves only the write's temporary file (removed below).
+        for path in pdir.rglob("*.json"):
+            if not files.is_temporary(path):
+                json.loads(path.read_text())
+        now = fold_records(pdir)
+        assert all(now[key] == record for key, record in kept.items())
+        kept = now
+
+    # The next search removes the temporary files that are older than a live write's: those the
+    # kills left and one more (all made old here), not a new one.
+    (next(pdir.glob("trial_*")) / ".folds.json.left.tmp.json").write_text("")
+    left = [p for p in pdir.rglob(".*") if files.is_temporary(p)]
+    for path in left:
+        os.utime(path, (time.time() - 2 * files.STALE_TEMPORARY_S,) * 2)
+    new = pdir / ".oracle.json.live.tmp.json"
+    new.write_text("")
+    run_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
+    assert [p for p in pdir.rglob(".*") if files.is_temporary(p)] == [new]
+    final = json.loads(run_cli("results", "--directory", tmp_path, "--project", "p", "-f", "json", check=True).stdout)
+    assert len(final) == 6 and all(t["status"] == "COMPLETED" and len(t["folds"]) == 5 for t in final)
+    assert len({json.dumps(t["hyperparameters"], sort_keys=True) for t in final}) == 6  # each point once
+    assert len(list(pdir.glob("trial_*"))) == 6
+    records = fold_records(pdir)
+    assert all(records[key]["finished_at"] == r["finished_at"] for key, r in kept.items())  # not retrained
+    # Same ranking and fold scores as one uninterrupted run: each fold is seeded by (seed, fold).
+    by_point = {json.dumps(t["hyperparameters"], sort_keys=True): t for t in uninterrupted}
+    for t in final:
+        ref = by_point[json.dumps(t["hyperparameters"], sort_keys=True)]
+        assert [f["val_accuracy"] for f in t["folds"]] == pytest.approx([f["val_accuracy"] for f in ref["folds"]], abs=1e-6)
+    assert [t["hyperparameters"] for t in final] == [t["hyperparameters"] for t in uninterrupted]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume(tmp_path, sig):
+    pdir = tmp_path / "p"
+    proc = start_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p")
+    wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 1, proc=proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted ({signal.Signals(sig).name})" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    before = fold_records(pdir)
+    assert before
+    shown = run_cli("results", "--directory", tmp_path, "--project", "p", check=True).stdout
+    if len(before) == 1:  # the stopped trial: unfinished, not "running" (nothing runs now)
+        assert "unfinished (1/2 folds)" in shown and "running" not in shown, shown
+    run_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
+    after = fold_records(pdir)
+    assert len(after) == 4 and all(after[k] == r for k, r in before.items())
+
+
+def test_a_second_search_on_the_same_project_is_refused(tmp_path):
+    pdir = tmp_path / "p"
+    first = start_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p")
+    try:
+        wait_for(lambda: (pdir / "search.json").exists(), proc=first)
+        loud = [a for a in GRID_SEARCH if a != "--quiet"]  # its one line, no header before it
+        second = run_cli("search", *loud, "--directory", tmp_path, "--project", "p")
+        assert second.returncode == 2 and "being searched by another process" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_stale_lock_does_not_block(tmp_path):
+    (tmp_path / ".p.lock").write_text("999999")  # left by a process that died
+    proc = run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
+                   "--filters", "8,16", "--learning-rate", "0.01", "--directory", tmp_path, "--project", "p", "-q")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("finished")
+    run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1", "--filters", "8,16",
+            "--learning-rate", "0.01", "--learning-rate", "0.001", "--directory", directory, "--project", "p", "-q",
+            check=True)
+    return directory
+
+
+# (damage, fragment of the message, whether `results` - which reads only the trials - fails too)
+@pytest.mark.parametrize("damage, fragment, results_fails", [
+    (lambda p: (p / "oracle.json").write_text('{"ongoing_trials": {'), "oracle.json is damaged", False),
+    (lambda p: (p / "trial_1" / "trial.json").write_text("not json"), "trial.json is damaged", True),
+    (lambda p: (p / "trial_0" / "folds.json").write_text('[{"fold": 1, "val_acc'), "folds.json is damaged", True),
+    (lambda p: (p / "search.json").write_bytes(b""), "search.json is damaged", True),
+    (lambda p: [f.unlink() for f in (p / "trial_1").iterdir()] and (p / "trial_1").rmdir(),
+     "trial_1/trial.json is missing", False),
+], ids=["oracle", "trial", "folds", "search", "missing-trial-dir"])
+def test_damaged_state_is_named_and_nothing_is_deleted(finished, tmp_path, damage, fragment, results_fails):
+    import shutil
+
+    directory = tmp_path / "d"
+    shutil.copytree(finished, directory)
+    damage(directory / "p")
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    for command in (["search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
+                     "--filters", "8,16", "--learning-rate", "0.01", "--learning-rate", "0.001", "-q"],
+                    ["results"]):
+        proc = run_cli(*command, "--directory", directory, "--project", "p")
+        if command == ["results"] and not results_fails:
+            assert proc.returncode == 0, proc.stderr  # the trials themselves are intact
+            continue
+        assert proc.returncode == 1, (command, proc.stderr)
+        assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    after = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    assert after == before  # the lock file included
+
+

@@ -1,0 +1,1 @@
+"""More than one process: KerasTuner's chief and workers, and Ray."""

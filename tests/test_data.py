@@ -56,9 +56,9 @@ def test_stratified_subset_keeps_class_proportions(small_dataset):
     np.testing.assert_array_equal(sub.y_train, again.y_train)  # same images every time
 
 
-@pytest.mark.parametrize("n, fragment", [(5, "too small"), (5000, "larger than the training set")])
-def test_train_limit_bounds(small_dataset, n, fragment):
-    with pytest.raises(UsageError, match=fragment):
+@pytest.mark.parametrize("n", [5, 5000])  # the messages' wording: tests/test_cli_errors.py
+def test_train_limit_bounds(small_dataset, n):
+    with pytest.raises(UsageError):
         data.stratified_subset(small_dataset, n, min_per_class=2)
 
 
@@ -79,25 +79,27 @@ def _npz(tmp_path, **overrides):
     return tmp_path / "bad.npz"
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"y_test": None}, "lacks y_test"),
-    ({"y_train": np.arange(19) % 2}, "must match"),
-    ({"y_train": (np.arange(20) % 2) + 0.5}, "non-integer"),
-    ({"y_train": np.arange(20) % 2 - 1}, "0..K-1"),
-    ({"y_test": np.arange(6) % 3}, "outside the training classes"),
-    ({"x_train": np.full((20, 8, 8), np.nan, dtype=np.float32)}, "NaN or infinite"),
-    ({"x_train": np.zeros((20, 64), dtype=np.uint8)}, "(N, H, W)"),
-    ({"x_test": np.zeros((6, 9, 9), dtype=np.uint8)}, "must match"),
-])
-def test_invalid_npz_is_rejected_with_a_message(tmp_path, overrides, fragment):
-    with pytest.raises(DataError, match=None) as info:
+INVALID_NPZ = {  # each message's wording is asserted once, in tests/test_cli_errors.py
+    "lacks y_test": {"y_test": None},
+    "lengths differ": {"y_train": np.arange(19) % 2},
+    "non-integer labels": {"y_train": (np.arange(20) % 2) + 0.5},
+    "labels out of range": {"y_train": np.arange(20) % 2 - 1},
+    "test labels outside the training classes": {"y_test": np.arange(6) % 3},
+    "nan pixels": {"x_train": np.full((20, 8, 8), np.nan, dtype=np.float32)},
+    "wrong rank": {"x_train": np.zeros((20, 64), dtype=np.uint8)},
+    "train/test shapes differ": {"x_test": np.zeros((6, 9, 9), dtype=np.uint8)},
+}
+
+
+@pytest.mark.parametrize("overrides", INVALID_NPZ.values(), ids=INVALID_NPZ.keys())
+def test_invalid_npz_is_rejected_with_a_one_line_message(tmp_path, overrides):
+    with pytest.raises(DataError) as info:
         data.load_dataset(_npz(tmp_path, **overrides))
-    assert fragment in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_missing_path_and_missing_idx_file(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError):  # its wording: tests/test_cli_errors.py
         data.load_dataset(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="train-images"):
@@ -111,7 +113,7 @@ def test_truncated_idx_file(tmp_path):
 
 
 def test_too_few_examples_per_class_for_the_folds():
-    with pytest.raises(DataError, match="fewer than --folds 5"):
+    with pytest.raises(DataError):  # its wording: tests/test_cli_errors.py
         data.check_folds(np.array([0, 0, 0, 0, 0, 1, 1]), 5)
 
 

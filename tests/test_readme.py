@@ -15,7 +15,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_the_notebook_example_runs_as_written(tmp_path):
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.DOTALL) if "run_search(" in b]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, re.DOTALL) if "from tuner_app import" in b]
     proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best, accuracy = proc.stdout.strip().splitlines()[-2:]

@@ -66,8 +66,10 @@ def decide_fold_mode(plan, stored=None, device="cpu", ray=False):
 
     from tuner_app.config import Settled
     from tuner_app.settle import settle_fold_mode
+    from tuner_app.tuning.plan import fold_steps
 
-    settled = settle_fold_mode(Settled(keras.backend.backend(), device, precision=plan.cv.precision), plan, stored, ray)
+    settled = Settled(keras.backend.backend(), device, precision=plan.cv.precision)
+    settled = settle_fold_mode(settled, plan.cv.fold_mode, fold_steps(plan), plan.check.fused_blocker, stored, ray)
     return settled.fold_mode, settled.why
 
 

@@ -129,19 +129,19 @@ def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
     settled = settle.settle(r.backend, r.device, r.precision, "chief" if r.ray else this_role, recorded, r.threads)
     settled = dataclasses.replace(settled, role=this_role)
     from tuner_app.data import load_dataset
-    from tuner_app.models import load_model
     from tuner_app.models.seed import grid_overrides
-    from tuner_app.tuning.plan import default_cv, plan_search
+    from tuner_app.tuning.plan import fold_steps, plan_search
 
     ds = load_dataset(r.data, r.dataset or "mnist")
-    loaded = load_model(r.model, ds.input_shape, ds.num_classes)
     if r.model == "seed":
         overrides = {**grid_overrides(r.filters, r.learning_rate, r.dense_units), **overrides}
-    cv = default_cv(loaded, folds=r.folds, seed=r.seed, epochs=r.epochs, batch_size=r.batch_size, patience=r.patience,
-                    precision=settled.precision, objective=r.objective, fold_mode=r.fold_mode)
-    plan = plan_search(ds, loaded, overrides, cv, r.train_limit)
-    settled = settle.settle_fold_mode(settled, plan, recorded, ray=r.ray is not None)
-    plan.cv = dataclasses.replace(cv, fold_mode=settled.fold_mode)
+    given = {"folds": r.folds, "seed": r.seed, "epochs": r.epochs, "batch_size": r.batch_size, "patience": r.patience,
+             "precision": settled.precision, "objective": r.objective, "fold_mode": r.fold_mode}
+    plan = plan_search(ds, r.model, overrides, given, r.train_limit)
+    settled = settle.settle_fold_mode(settled, r.fold_mode, fold_steps(plan), plan.check.fused_blocker, recorded,
+                                      ray=r.ray is not None)
+    plan.cv = cv = dataclasses.replace(plan.cv, fold_mode=settled.fold_mode)
+    loaded = plan.model
     where = "serving the oracle for workers on" if settled.role == "chief" else "on"
     if r.ray:
         where = f"on Ray ({r.ray.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
@@ -217,6 +217,7 @@ def run_plan(plan: SearchPlan, settled: Settled, directory: str | Path = "tuning
 
 def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dict, settled: Settled, overwrite: bool,
          progress: Progress, reuse_models: bool | None, tensorboard: bool, ray: RayConfig | None) -> None:
+    from tuner_app import retrain
     from tuner_app.scaleout import ray_engine
     from tuner_app.tuning.tuner import CVTuner
 
@@ -229,7 +230,7 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
             files.remove_stale_temporaries(pdir)  # what killed processes left half-written
         with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
             tuner = CVTuner(plan.model.hypermodel, plan.grid, plan.cv, plan.dataset.num_classes, plan.check.label_form,
-                            progress, reuse_models, tensorboard, retrain=_retrain_next(plan),
+                            progress, reuse_models, tensorboard, retrain=retrain.expected_config(plan.model),
                             directory=str(directory), project_name=project)
         progress.search_start(len(plan.grid), tuner.completed() or 0, str(pdir), plan.cv.objective, plan.cv.direction)
         try:
@@ -245,21 +246,6 @@ def _run(plan: SearchPlan, x, pdir: Path, directory, project: str, settings: dic
     failed = [] if tuner._is_worker() else [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
     if failed:
         raise TunerAppError(f"{len(failed)} trial(s) failed; {_failure_hint(tuner)}")
-
-
-def _retrain_next(plan: SearchPlan) -> RetrainConfig | None:
-    """The retrain a search is usually followed by (`retrain-best`'s defaults), for the tuner to compile
-    ahead under JAX on a GPU (`CVTuner._compile_later`); None elsewhere, or when the model suggests
-    settings that retrain-best will refuse (it says so then)."""
-    from tuner_app import retrain as retrain_mod
-    from tuner_app.training import jax_loop
-
-    if not jax_loop.applies(plan.model.hypermodel):
-        return None
-    try:
-        return retrain_mod.default_config(plan.model)
-    except SettingError:
-        return None
 
 
 @contextlib.contextmanager
@@ -325,7 +311,7 @@ def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = Non
         ray: Run the folds as Ray tasks (`RayConfig()`: a local Ray; see `tuner_app.scaleout.ray_engine`).
     """
     from tuner_app import settle
-    from tuner_app.tuning.plan import plan_search
+    from tuner_app.tuning.plan import fold_steps, plan_search
 
     plan = plan_search(dataset, hypermodel, grid, cv, train_limit)
     pdir = state.project_dir(directory, project)
@@ -333,7 +319,8 @@ def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = Non
     recorded = _recorded(pdir, this_role, overwrite)
     precision = {"float32": "float32", "mixed_bfloat16": "mixed"}[plan.cv.precision]
     settled = settle.settle(None, (recorded or {}).get("device", "auto"), precision, this_role)
-    settled = settle.settle_fold_mode(settled, plan, recorded, ray=ray is not None)
+    settled = settle.settle_fold_mode(settled, plan.cv.fold_mode, fold_steps(plan), plan.check.fused_blocker,
+                                      recorded, ray=ray is not None)
     plan.cv = dataclasses.replace(plan.cv, fold_mode=settled.fold_mode)
     return run_plan(plan, settled, directory, project, overwrite, progress, reuse_models, tensorboard, ray)
 
@@ -370,5 +357,12 @@ def check_retrain_options(**given) -> None:
             from None
 
 
-__all__ = ["Prepared", "SearchRequest", "launch", "prepare", "ray_config", "retrain", "role", "run_plan",
+def grid_params(prepared: Prepared) -> list[int]:
+    """The parameter count of every grid point's model (`--dry-run`)."""
+    from tuner_app.tuning.plan import grid_params as params
+
+    return params(prepared.plan)
+
+
+__all__ = ["Prepared", "SearchRequest", "grid_params", "launch", "prepare", "ray_config", "retrain", "role", "run_plan",
            "run_prepared", "run_search", "search"]

@@ -23,9 +23,7 @@ from typer.exceptions import Abort, TyperException
 from tuner_app import api, results
 from tuner_app.data import DATASETS
 from tuner_app.errors import DataWarning, SearchInterrupted, SettingError, TunerAppError, UsageError
-from tuner_app.runtime import files
 from tuner_app.runtime.progress import describe, plural
-from tuner_app.tuning import state
 
 app = typer.Typer(
     name="tuner-app", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -206,9 +204,7 @@ def _search(request: api.SearchRequest, dry_run: bool, quiet: bool) -> None:
     prepared = api.prepare(request, dry_run)
     plan, cv = prepared.plan, prepared.plan.cv
     if dry_run:
-        from tuner_app.tuning.plan import grid_params
-
-        out.print(results.grid_table(plan.grid.points, plan.grid.names, grid_params(plan)))
+        out.print(results.grid_table(plan.grid.points, plan.grid.names, api.grid_params(prepared)))
         out.print(f"{plural(len(plan.grid), 'point')} x {cv.folds} folds x up to {plural(cv.epochs, 'epoch')}, "
                   f"{prepared.settled.describe_fold_mode()}, {cv.precision}; objective {cv.objective} ({cv.direction}); "
                   f"labels {plan.check.label_form}; nothing was written")
@@ -217,9 +213,7 @@ def _search(request: api.SearchRequest, dry_run: bool, quiet: bool) -> None:
         api.run_prepared(prepared, request, _progress(quiet, prepared.header))
     except (SearchInterrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
-        pdir = prepared.pdir
-        done = sum(r["status"] == "COMPLETED" for r in results.load_results(pdir)) \
-            if (pdir / state.SEARCH_FILE).exists() else 0
+        done = results.completed_trials(prepared.pdir)
         err.print(f"interrupted ({signal.Signals(signum).name}): {done}/{len(plan.grid)} trials complete, finished "
                   "folds are kept; rerun the same command to resume", soft_wrap=True)
         raise typer.Exit(128 + signum) from None
@@ -228,9 +222,7 @@ def _search(request: api.SearchRequest, dry_run: bool, quiet: bool) -> None:
 
 
 def _show(directory: Path, project: str) -> None:
-    pdir = state.project_dir(directory, project)
-    ranked = results.load_results(pdir)
-    folds = state.read_search(pdir)["cv"]["folds"]
+    ranked, folds = results.ranked_trials(directory, project)
     out.print(results.table(ranked, folds))
     best = results.best_completed(ranked)
     if best:
@@ -246,19 +238,13 @@ def show_results(
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of every configuration's fold scores.")] = None,
 ):
     """Show a project's trials ranked by the mean fold objective (also while a search runs)."""
-    pdir = state.project_dir(directory, project)
     if plot is not None:
-        from tuner_app.plots import plot_results
-
-        if plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot {plot}: give a .png file name")
-        files.check_writable(plot.parent)
-        plot_results(results.load_results(pdir), plot)
+        results.plot_trials(directory, project, plot)
         err.print(f"wrote {plot}")
     if format is Format.table:
         _show(directory, project)
         return
-    ranked = results.load_results(pdir)
+    ranked, _ = results.ranked_trials(directory, project)
     sys.stdout.write(results.to_json(ranked) + "\n" if format is Format.json else results.to_csv(ranked))
 
 
@@ -289,11 +275,11 @@ def retrain_best(
     result = api.retrain(dataset, data, train_limit, directory, project, epochs, batch_size, validation_split, seed,
                          device.value, backend.value if backend else None, requested, threads, _progress(quiet))
     if not quiet:
-        pdir = state.project_dir(directory, project)
+        written = results.retrain_files(directory, project)
         err.print(f"trial {result['trial_id']}: {describe(result['hyperparameters'])} (CV {result['objective']} "
                   f"{result['cv_score']:.4f}); {result['backend']} on {result['device']} ({result['precision']}), "
-                  f"{result['seconds']:.1f} s; wrote {pdir / state.MODEL_FILE}, {state.RETRAIN_FILE}, "
-                  f"{state.CURVES_FILE} and {state.CONFUSION_FILE}", soft_wrap=True)
+                  f"{result['seconds']:.1f} s; wrote {written[0]}, {', '.join(p.name for p in written[1:-1])} and "
+                  f"{written[-1].name}", soft_wrap=True)
     print(f"test accuracy: {result['test_accuracy']:.4f}")
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tuner_app.errors import StateError
+from tuner_app.errors import StateError, UsageError
+from tuner_app.runtime.files import check_writable
 from tuner_app.runtime.progress import format_value, plural
 from tuner_app.tuning import state
 
@@ -114,3 +115,33 @@ def to_csv(results: list[dict]) -> str:
         w.writerow([rank if r["status"] == "COMPLETED" else "", r["trial_id"], r["status"], *(hp.get(n) for n in names),
                     r["score"], r["std"], len(r["folds"]), ";".join(str(f.get(objective)) for f in r["folds"])])
     return out.getvalue()
+
+
+def completed_trials(pdir: Path) -> int:
+    """How many trials of the project at `pdir` are complete (0 before it exists)."""
+    return sum(r["status"] == "COMPLETED" for r in load_results(pdir)) if (pdir / state.SEARCH_FILE).exists() else 0
+
+
+def ranked_trials(directory: str | Path, project: str) -> tuple[list[dict], int]:
+    """A project's trials ranked by their mean fold objective, and the search's number of folds."""
+    pdir = state.project_dir(directory, project)
+    ranked = load_results(pdir)
+    return ranked, state.read_search(pdir)["cv"]["folds"]
+
+
+def plot_trials(directory: str | Path, project: str, path: Path) -> None:
+    """Write a PNG of every configuration's fold scores (`results --plot`)."""
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot {path}: give a .png file name")
+    pdir = state.project_dir(directory, project)
+    check_writable(path.parent)
+    from tuner_app.plots import plot_results
+
+    plot_results(load_results(pdir), path)
+
+
+def retrain_files(directory: str | Path, project: str) -> list[Path]:
+    """What `retrain-best` writes: the model (its whole path), its record, learning curves, confusion matrix."""
+    pdir = state.project_dir(directory, project)
+    return [pdir / state.MODEL_FILE, pdir / state.RETRAIN_FILE, pdir / state.CURVES_FILE, pdir / state.CONFUSION_FILE]
+

@@ -21,7 +21,7 @@ from sklearn.metrics import confusion_matrix
 from tuner_app import data as data_mod
 from tuner_app import models, plots
 from tuner_app.config import RetrainConfig, Settled
-from tuner_app.errors import DataError, DataWarning, UsageError
+from tuner_app.errors import DataError, DataWarning, SettingError, UsageError
 from tuner_app.models.preflight import label_form, labels, own_fit
 from tuner_app.results import best_completed, load_results
 from tuner_app.runtime import files
@@ -38,6 +38,18 @@ def default_config(model: models.LoadedModel, **given) -> RetrainConfig:
     fields = RetrainConfig.__dataclass_fields__
     given = {k: v for k, v in given.items() if v is not None}  # None: not given, the suggestion stands
     return RetrainConfig(**{k: v for k, v in {**suggested, **given}.items() if k in fields})
+
+
+def expected_config(model: models.LoadedModel) -> RetrainConfig | None:
+    """The retrain a search is usually followed by (`retrain-best`'s defaults), for the tuner to compile
+    ahead under JAX on a GPU (`tuner_app.training.compile_ahead`); None elsewhere, or when the model
+    suggests settings that retrain-best will refuse (it says so then)."""
+    if not jax_loop.applies(model.hypermodel):
+        return None
+    try:
+        return default_config(model)
+    except SettingError:
+        return None
 
 
 def retrain_best(

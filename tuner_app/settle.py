@@ -106,29 +106,29 @@ CPU_FUSED_MIN_STEPS = {
 }
 
 
-def settle_fold_mode(settled: Settled, plan, recorded: dict | None = None, ray: bool = False) -> Settled:
-    """`settled` with the search's fold mode (and why `auto` took sequential): see `fold_mode_for`.
+def settle_fold_mode(settled: Settled, asked: str, steps: int, blocker: str | None = None,
+                     recorded: dict | None = None, ray: bool = False) -> Settled:
+    """`settled` with the search's fold mode, and why `auto` took sequential (see `fold_mode_for`).
 
     Args:
         settled: What `settle` decided.
-        plan: The search's `tuner_app.tuning.plan.SearchPlan` (its `cv.fold_mode` as asked).
+        asked: `--fold-mode` as given: "auto", "fused" or "sequential".
+        steps: The training steps of a fold that runs all its epochs (`tuner_app.tuning.plan.fold_steps`).
+        blocker: Why the model cannot train fused exactly (`tuner_app.models.preflight`), or None.
         recorded: The project's search.json when it exists (a resume keeps its fold mode).
         ray: Whether the folds run as Ray tasks.
     """
-    from tuner_app.tuning.plan import fold_steps
-
-    mode, why = fold_mode_for(plan.cv.fold_mode, recorded, plan.check.fused_blocker, settled.precision,
-                              settled.device, ray, settled.backend, lambda: fold_steps(plan))
+    mode, why = fold_mode_for(asked, recorded, blocker, settled.precision, settled.device, ray, settled.backend, steps)
     return dataclasses.replace(settled, fold_mode=mode, why=why)
 
 
 def fold_mode_for(asked: str, recorded: dict | None, blocker: str | None, precision: str, device: str, ray: bool,
-                  backend: str, steps) -> tuple[str, str | None]:
+                  backend: str, steps: int) -> tuple[str, str | None]:
     """(fold mode, why `auto` took sequential, or None). An explicit `--fold-mode` as given; a resumed
     project's own; else sequential for a model that cannot train fused exactly
     (`tuner_app.models.preflight.fused_blocker`) and in bfloat16 (where the two round apart); else
     fused on a GPU. On a CPU under TensorFlow, fused where each fold trains at least
-    `CPU_FUSED_MIN_STEPS` steps (`steps()`) for this CPU's class: a fused trial traces its K-member
+    `CPU_FUSED_MIN_STEPS` steps (`steps`) for this CPU's class: a fused trial traces its K-member
     step once per architecture (seconds more than one model's), then saves a few milliseconds on
     every step. Sequential under PyTorch and JAX on a CPU (not measured fused there), and on the
     CPUs of a Ray cluster (there a trial's folds are tasks spread over the workers; fused, they
@@ -150,6 +150,6 @@ def fold_mode_for(asked: str, recorded: dict | None, blocker: str | None, precis
     least = CPU_FUSED_MIN_STEPS.get(hardware.cpu_class())
     if least is None:
         return "sequential", "not fused: no record of this CPU class"
-    if steps() < least:
-        return "sequential", f"not fused: {steps()} steps per fold, fused from {least} on this CPU"
+    if steps < least:
+        return "sequential", f"not fused: {steps} steps per fold, fused from {least} on this CPU"
     return "fused", None

@@ -43,8 +43,9 @@ def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights_and_outp
 
 @pytest.mark.parametrize("text", ["16", "16,32,64", "a,b", "0,32", "-1,4", ""])
 def test_bad_filter_pairs(text):
-    with pytest.raises(SettingError, match="filters"):
+    with pytest.raises(SettingError) as info:  # its wording: tests/test_cli_errors.py
         parse_filters(text)
+    assert info.value.name == "filters"
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -89,17 +90,14 @@ def test_module_specs_and_python_objects(monkeypatch):
     assert models.load_model(lambda hp: None).spec.endswith("<lambda>")
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("nowhere.py:build", "no such file"),
-    ("{MODELS}/dense_net.py:nope", "has no 'nope' (it defines build)"),
-    ("{MODELS}/broken.py:NotAHyperModel", "neither a build(hp) function nor a keras_tuner.HyperModel"),
-    ("no_such_module_here:build", "cannot import module"),
-    ("justaname", "give a preset"),
+@pytest.mark.parametrize("spec", [  # each message's wording: tests/test_cli_errors.py
+    "nowhere.py:build", "{MODELS}/dense_net.py:nope", "{MODELS}/broken.py:NotAHyperModel", "no_such_module_here:build",
+    "justaname",
 ])
-def test_model_specs_that_cannot_be_loaded(spec, fragment):
+def test_model_specs_that_cannot_be_loaded(spec):
     with pytest.raises(ModelError) as info:
         models.load_model(spec.format(MODELS=MODELS))
-    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_extended_preset_is_the_seed_family_with_regularisation_and_augmentation():

@@ -83,25 +83,18 @@ def test_overrides_replace_values_keep_conditions_and_convert_types():
     assert g.record()["fingerprint"] != grid.Grid.from_space(space).record()["fingerprint"]
 
 
-@pytest.mark.parametrize("texts, fragment", [
-    (["nope=1"], "declares no hyperparameter 'nope' (it declares units, second_layer, second_units)"),
-    (["units=big"], "units takes int values"),
-    (["units=32,32"], "given twice"),
-    (["second_layer=maybe"], "second_layer takes bool values"),
-])
-def test_bad_overrides(texts, fragment):
+# The wording of these refusals is asserted once, in tests/test_cli_errors.py.
+@pytest.mark.parametrize("texts", [["nope=1"], ["units=big"], ["units=32,32"], ["second_layer=maybe"]])
+def test_bad_overrides(texts):
     space = grid.discover(models.load_model(f"{MODELS / 'dense_net.py'}:build").hypermodel)
-    with pytest.raises(UsageError) as info:
-        grid.Grid.from_space(space, parse_grid_option(texts))
-    assert fragment in str(info.value)
+    options = parse_grid_option(texts)  # well-formed: the grid refuses them
+    with pytest.raises(UsageError):
+        grid.Grid.from_space(space, options)
 
 
-@pytest.mark.parametrize("texts, fragment", [
-    (["units"], "give NAME=V1,V2"), (["units=1", "units=2"], "given twice"), (["units=1,,2"], "no empty"),
-    (['f=["16,32"'], "not a JSON list"),
-])
-def test_bad_grid_options(texts, fragment):
-    with pytest.raises(UsageError, match=fragment):
+@pytest.mark.parametrize("texts", [["units"], ["units=1", "units=2"], ["units=1,,2"], ['f=["16,32"']])
+def test_bad_grid_options(texts):
+    with pytest.raises(UsageError):
         parse_grid_option(texts)
 
 
@@ -111,7 +104,7 @@ def test_values_with_commas_as_a_json_list():
 
 def test_a_hyperparameter_without_a_finite_grid_is_named_unless_overridden():
     declare = _declare_only(lambda hp: hp.Float("dropout", 0.0, 0.5))
-    with pytest.raises(UsageError, match=r"'dropout' \(Float 0.0..0.5.*give it a step.*--grid dropout="):
+    with pytest.raises(UsageError):  # its wording: tests/test_cli_errors.py
         _grid(declare)
     assert _grid(declare, {"dropout": ["0.1", "0.3"]}).points == [{"dropout": 0.1}, {"dropout": 0.3}]
 

@@ -45,29 +45,23 @@ def _tiny_images(side: int) -> Dataset:
                    rng.integers(0, 255, (8, side, side), np.uint8), np.arange(8) % 4, "tiny")
 
 
-def test_images_smaller_than_the_model_takes_name_both_sizes():
-    with pytest.raises(DataError, match=r"images are 12x12 but model seed needs at least 16x16"):
+def test_images_smaller_than_the_model_takes_are_a_data_error():
+    with pytest.raises(DataError):  # its wording: tests/test_cli_errors.py
         plan_search(_tiny_images(12), "seed", cv=CV)
     assert len(plan_search(_tiny_images(16), "seed", cv=CV).grid) == 6  # 16x16 is enough
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("raises", "building it with its defaults raised ValueError: this model has a bug (line"),
-    ("not_compiled", "the model is not compiled; call model.compile("),
-    ("wrong_classes", "output has shape (None, 5) but the data has 10 classes"),
-    ("no_finite_grid", "'dropout' (Float 0.0..0.5, sampling linear) has no finite grid"),
-    ("not_a_model", "returned str, not a Keras model"),
-    ("Shapeless", "its input is (28, 28, 1) but the data's images are (16, 16, 1)"),
-])
-def test_models_that_cannot_be_searched_are_named_before_anything_is_written(name, fragment, small_dataset):
+@pytest.mark.parametrize("name", ["raises", "not_compiled", "wrong_classes", "no_finite_grid", "not_a_model", "Shapeless"])
+def test_models_that_cannot_be_searched_are_named_before_anything_is_written(name, small_dataset):
+    """Each message's wording is asserted once, in tests/test_cli_errors.py."""
     data = _tiny_images(16) if name == "Shapeless" else small_dataset
     with pytest.raises(UsageError) as info:
         plan_search(data, f"{MODELS / 'broken.py'}:{name}", cv=CV)
-    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_an_objective_the_model_does_not_compute(small_dataset):
-    with pytest.raises(ModelError, match="--objective val_auc: model seed computes accuracy, loss, val_accuracy, val_loss"):
+    with pytest.raises(ModelError):  # its wording: tests/test_cli_errors.py
         plan_search(small_dataset, "seed", cv=CVConfig(objective="val_auc"))
 
 

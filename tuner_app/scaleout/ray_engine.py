@@ -32,26 +32,23 @@ from tuner_app.models.preflight import labels
 from tuner_app.runtime import interrupts
 from tuner_app.runtime.progress import Progress
 from tuner_app.scaleout import ray_cluster
-from tuner_app.training.folds import splits
+from tuner_app.training.trial import FoldTrainer, splits
 from tuner_app.tuning.oracle import COMPLETED, INVALID, RUNNING
 from tuner_app.tuning.state import FoldStore
 
 TASK_NAME = "tuner-app-fold"  # what a busy Ray worker process shows as its title: ray::tuner-app-fold
-_worker: dict = {}  # what a Ray worker process keeps between the tasks of one search: its model caches
+_worker: dict = {}  # what a Ray worker process keeps between the tasks of one search: its FoldTrainer
 
 
-def _worker_caches(key: str, hypermodel, precision: str) -> dict:
-    """The ModelCache and FusedModels of search `key` in this worker process (new for another search)."""
-    from tuner_app.training import fused
-    from tuner_app.training.model_cache import ModelCache
-
+def _worker_trainer(key: str, hypermodel, cv) -> FoldTrainer:
+    """The FoldTrainer (and so the model caches) of search `key` in this worker process (new for another search)."""
     if _worker.get("key") != key:
         import keras
 
         keras.backend.clear_session()
         _worker.clear()
-        _worker.update(key=key, fold=ModelCache(hypermodel, precision), fused=fused.FusedModels(hypermodel, precision))
-    return _worker
+        _worker.update(key=key, trainer=FoldTrainer(hypermodel, cv))
+    return _worker["trainer"]
 
 
 class _Relay(Progress):
@@ -88,23 +85,13 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
         fold_splits: The (train, validation) indices of every fold.
         queue: A `ray.util.queue.Queue` for progress events.
     """
-    from tuner_app.errors import failing_as
-    from tuner_app.training import fused
-    from tuner_app.training.folds import train_fold
-
     cv = job["cv"]
-    caches = _worker_caches(job["key"], hypermodel, cv.precision)
-    progress = _Relay(queue, trial_id)
-    if cv.fold_mode != "fused":
-        (k,) = folds
-        with failing_as(f"fold {k}"):
-            return [train_fold(hypermodel, caches["fold"], cv, hp, k, x, y, fold_splits[k - 1], progress)]
+    trainer = _worker_trainer(job["key"], hypermodel, cv)
     records = []
-    trial_dir = tempfile.mkdtemp(prefix="tuner-app-fused-")  # the per-epoch checkpoint: this worker's own
+    trial_dir = tempfile.mkdtemp(prefix="tuner-app-fused-")  # a fused trial's per-epoch state: this worker's own
     try:
-        with failing_as(f"folds {', '.join(map(str, folds))} (fused)"):
-            fused.train_folds(hypermodel, cv, hp, folds, x, y, fold_splits, trial_dir,
-                              lambda record, history: records.append(record), progress, caches["fused"])
+        trainer.train(hp, folds, x, y, fold_splits, trial_dir, lambda record, history: records.append(record),
+                      _Relay(queue, trial_id))
     finally:
         shutil.rmtree(trial_dir, ignore_errors=True)
     return records

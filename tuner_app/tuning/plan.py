@@ -60,7 +60,7 @@ def default_cv(model: LoadedModel, **given: Any) -> CVConfig:
 
 
 def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = None,
-                cv: CVConfig | None = None, train_limit: int | None = None) -> SearchPlan:
+                cv: CVConfig | dict | None = None, train_limit: int | None = None) -> SearchPlan:
     """Check a search without writing anything.
 
     Args:
@@ -68,7 +68,8 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
         hypermodel: A preset name, "FILE.py:NAME", "module:NAME", a `keras_tuner.HyperModel`, a
             `build(hp)` function, or a `LoadedModel`.
         grid: Overrides of the declared hyperparameters' values, {name: [values]}.
-        cv: CV settings (default: the model's suggested defaults, else the seed notebook's).
+        cv: CV settings; a dict: those given (None: not given), the model's suggested defaults for the
+            others, else the seed notebook's (`default_cv`).
         train_limit: Keep a stratified subset of this many training images.
 
     Raises:
@@ -76,7 +77,7 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     """
     loaded = hypermodel if isinstance(hypermodel, LoadedModel) else load_model(
         hypermodel, dataset.input_shape, dataset.num_classes)
-    cv = cv or default_cv(loaded)
+    cv = cv if isinstance(cv, CVConfig) else default_cv(loaded, **(cv or {}))
     if train_limit is not None:
         dataset = data_mod.stratified_subset(dataset, train_limit, min_per_class=cv.folds)
     data_mod.check_folds(dataset.y_train, cv.folds)

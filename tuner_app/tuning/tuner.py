@@ -16,13 +16,12 @@ import keras_tuner
 import numpy as np
 
 from tuner_app.config import CVConfig, RetrainConfig
-from tuner_app.errors import UsageError, failing_as
-from tuner_app.models.preflight import labels, own_fit
+from tuner_app.errors import UsageError
+from tuner_app.models.preflight import labels
 from tuner_app.runtime import files, interrupts
 from tuner_app.runtime.progress import Progress
-from tuner_app.training import compile_ahead, fused, jax_loop, tensorboard_logs
-from tuner_app.training.folds import splits, train_fold
-from tuner_app.training.model_cache import ModelCache
+from tuner_app.training import compile_ahead, jax_loop, tensorboard_logs
+from tuner_app.training.trial import FoldTrainer, splits
 from tuner_app.tuning import state
 from tuner_app.tuning.grid import Grid
 from tuner_app.tuning.oracle import ResumableGridOracle
@@ -69,8 +68,7 @@ class CVTuner(keras_tuner.Tuner):
         self._ahead: compile_ahead.CompileAhead | None = None  # (`_compile_later`)
         oracle = ResumableGridOracle(grid, objective=keras_tuner.Objective(cv.objective, cv.direction), seed=cv.seed)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
-        self.cache = ModelCache(self.hypermodel, cv.precision, reuse_models)
-        self.fused_cache = fused.FusedModels(self.hypermodel, cv.precision, reuse_models)
+        self.trainer = FoldTrainer(self.hypermodel, cv, reuse_models)
 
     def _populate_initial_space(self):
         """The oracle already has the grid's space: no discovery builds (KerasTuner's default builds again)."""
@@ -102,21 +100,18 @@ class CVTuner(keras_tuner.Tuner):
         interrupts.check()
         if pending:
             self._compile_later(trial.hyperparameters, x, y_fit)  # (JAX on a GPU)
-        if self.cv.fold_mode == "fused":
-            if pending:
-                with failing_as(f"folds {', '.join(map(str, pending))} (fused)"):
-                    self._run_fused(trial, trial_dir, pending, x, y_fit, store)
-            return store.means()
-        if not own_fit(self.hypermodel):
-            self.cache.prepare(trial.hyperparameters, [self.cv.seed + k for k in pending])
-        for k in pending:
-            interrupts.check()
-            callbacks = tensorboard_logs.callbacks(self.project_dir, trial, k) if self.tensorboard else []
-            with failing_as(f"fold {k}"):
-                record = train_fold(self.hypermodel, self.cache, self.cv, trial.hyperparameters, k, x, y_fit,
-                                    self._splits[k - 1], self.progress, callbacks)
+
+        def finished(record: dict, history: dict | None) -> None:
+            if record["fold"] in store:  # (a resume may finish a fused member recorded just before a kill)
+                return
             store.add(record)
             self.progress.fold_end(record, self.cv.folds)
+            if self.tensorboard and history is not None:  # (a fused member's; a sequential fold's: its callback)
+                tensorboard_logs.write_history(self.project_dir, trial, record["fold"], history)
+
+        callbacks = (lambda k: tensorboard_logs.callbacks(self.project_dir, trial, k)) if self.tensorboard else None
+        self.trainer.train(trial.hyperparameters, pending, x, y_fit, self._splits, trial_dir, finished, self.progress,
+                           callbacks)
         return store.means()
 
     def _compile_later(self, hp: keras_tuner.HyperParameters, x, y_fit) -> None:
@@ -128,17 +123,6 @@ class CVTuner(keras_tuner.Tuner):
             self._ahead = compile_ahead.CompileAhead(self.hypermodel, self.grid, self.cv, self._splits, self.retrain,
                                                      Path(self.project_dir) / state.XLA_CACHE_DIR)
         self._ahead.before_trial(hp, x, y_fit)
-
-    def _run_fused(self, trial, trial_dir: str, pending: list[int], x, y_fit, store: FoldStore) -> None:
-        def finished(record: dict, history: dict) -> None:
-            if record["fold"] not in store:  # (a resume may finish a member recorded just before a kill)
-                store.add(record)
-                self.progress.fold_end(record, self.cv.folds)
-                if self.tensorboard:
-                    tensorboard_logs.write_history(self.project_dir, trial, record["fold"], history)
-
-        fused.train_folds(self.hypermodel, self.cv, trial.hyperparameters, pending, x, y_fit, self._splits, trial_dir,
-                          finished, self.progress, self.fused_cache)
 
     def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         # KerasTuner prints a failed trial's traceback when its config.DEBUG is on (the default);

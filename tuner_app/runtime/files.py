@@ -47,7 +47,7 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make state unreadable to others
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR)  # (Windows flushes a handle open for writing only)
         try:
             os.fsync(fd)
         finally:
@@ -87,6 +87,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
+    if os.name == "nt":  # a directory cannot be opened as a file there; NTFS journals the rename itself
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

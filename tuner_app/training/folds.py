@@ -8,12 +8,12 @@ are what evaluating the restored model would give, with no second evaluation.
 from __future__ import annotations
 
 import datetime
-import os
 import time
 
 import keras
 import keras_tuner
 import numpy as np
+import psutil
 from sklearn.model_selection import StratifiedKFold
 
 from tuner_app.config import RECORD_FIELDS, CVConfig
@@ -102,10 +102,6 @@ def fold_record(k: int, logs: dict[str, list[float]], cv: CVConfig, train_size: 
     }
 
 
-def rss_mb() -> float | None:
-    """This process's resident memory now (Linux), to show that it does not grow per trial."""
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        return None
+def rss_mb() -> float:
+    """This process's resident memory now, to show that it does not grow per trial."""
+    return round(psutil.Process().memory_info().rss / 2**20, 1)

@@ -38,6 +38,9 @@ CASES = [
     ("test labels outside the training classes", ["--data", "NPZ:y_test=unseen"],
      "test labels outside the training classes 0..3"),
     ("nan pixels", ["--data", "NPZ:x_train=nan"], "x_train contains NaN or infinite pixel values"),
+    ("standardised images under --scale auto", ["--data", "NPZ:x_train=standardised", "--train-limit", "40"],
+     ("--scale auto: x_train holds values from -1 to 1.5, neither 8-bit pixels (0..255) nor [0, 1]; give --scale none "
+      "to train on them as they are, or rescale them to 0..255")),
     ("wrong rank", ["--data", "NPZ:x_train=flat"], "x_train has shape (40, 784); images must be (N, H, W) or (N, H, W, C)"),
     ("train/test shapes differ", ["--data", "NPZ:x_test=other"],
      "train images are (28, 28) but test images are (32, 32); they must match"),
@@ -116,6 +119,7 @@ def _materialise(args, tmp_path):
                 continue
             value = {"None": None, "short": np.arange(n - 1) % 4, "float": (np.arange(n) % 4) + 0.5,
                      "negative": np.arange(n) % 4 - 1, "nan": np.full((n, 28, 28), np.nan, np.float32),
+                     "standardised": np.resize(np.array([-1.0, 0.0, 1.5], np.float32), (n, 28, 28)),
                      "flat": np.zeros((n, 784), np.uint8), "other": np.zeros((8, 32, 32), np.uint8),
                      "rare": np.r_[np.arange(39) % 3, 3], "unseen": np.arange(8) % 5}[kind]
             a = _npz(tmp_path / "bad.npz", **{key: value})

@@ -69,6 +69,41 @@ def test_scaling_and_one_hot():
     np.testing.assert_array_equal(y, [[0, 0, 1], [1, 0, 0]])
 
 
+def _images(x_train, x_test=None):
+    y = np.arange(len(x_train)) % 2
+    return data.Dataset(x_train, y, x_train if x_test is None else x_test, y, "test")
+
+
+@pytest.mark.parametrize(("x", "scale", "expected"), [
+    (np.array([[[0, 51, 255]]], np.uint8), "auto", [0.0, 0.2, 1.0]),  # 8-bit pixels
+    (np.array([[[0.0, 51.0, 255.0]]], np.float64), "auto", [0.0, 0.2, 1.0]),  # 8-bit pixels as floats
+    (np.array([[[0.0, 0.5, 1.0]]], np.float32), "auto", [0.0, 0.5, 1.0]),  # already in [0, 1]
+    (np.array([[[0.0, 0.5, 1.0]]], np.float32), "255", [0.0, 0.5 / 255, 1 / 255]),
+    (np.array([[[-1.5, 0.0, 2.5]]], np.float32), "none", [-1.5, 0.0, 2.5]),  # standardised: as they are
+    (np.array([[[0, 51, 255]]], np.uint8), "none", [0.0, 51.0, 255.0]),
+])
+def test_each_scale_reads_the_images_as_it_says(x, scale, expected):
+    data.check_scale(_images(x), scale)  # (refuses nothing here)
+    scaled = data.scale_images(x, scale)
+    assert scaled.dtype == np.float32 and scaled.shape == (1, 1, 3, 1)
+    np.testing.assert_allclose(scaled[0, 0, :, 0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("x_train, x_test", [
+    (np.array([[[-1.5, 0.0, 2.5]]], np.float32), None),  # standardised (mean 0, std 1)
+    (np.array([[[0, 1000, 4095]]], np.uint16), None),  # 12-bit pixels in 16-bit integers
+    (np.array([[[0, 51, 255]]], np.uint8), np.array([[[0.0, 300.0, 0.0]]], np.float32)),  # the test set alone
+])
+def test_auto_refuses_what_is_neither_8_bit_pixels_nor_in_0_1_and_255_and_none_take_it(x_train, x_test):
+    images = _images(x_train, x_test)
+    with pytest.raises(UsageError):
+        data.check_scale(images, "auto")
+    data.check_scale(images, "255")
+    data.check_scale(images, "none")
+    with pytest.raises(UsageError):
+        data.check_scale(images, "65535")
+
+
 def _npz(tmp_path, **overrides):
     rng = np.random.default_rng(0)
     arrays = {"x_train": rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), "y_train": np.arange(20) % 2,

@@ -96,3 +96,26 @@ def test_retrain_best_before_any_trial_completed(tmp_path):
         pytest.skip("a trial completed before the kill")
     out = run_cli("retrain-best", "--directory", tmp_path, "--project", "p")
     assert out.returncode == 2 and "no completed trial" in out.stderr
+
+
+def test_standardised_images_are_refused_under_auto_and_searched_and_retrained_as_they_are_with_scale_none(
+        tmp_path, small_dataset):
+    from tuner_app.api import search
+    from tuner_app.config import CVConfig
+    from tuner_app.data import Dataset
+    from tuner_app.errors import UsageError
+    from tuner_app.retrain import evaluate_saved, retrain_best
+
+    x_train = small_dataset.x_train.astype(np.float32)
+    mean, std = x_train.mean(), x_train.std()
+    ds = Dataset((x_train - mean) / std, small_dataset.y_train, (small_dataset.x_test.astype(np.float32) - mean) / std,
+                 small_dataset.y_test, "standardised")
+    grid, cv = {"filters": ["8,16"], "learning_rate": [0.01], "dense_units": [16]}, CVConfig(folds=2, epochs=1)
+    with pytest.raises(UsageError):  # auto: not pixels, and not rescaled silently
+        search(ds, "seed", grid, cv, tmp_path, "p", train_limit=200)
+    assert not (tmp_path / "p").exists()
+    pdir = search(ds, "seed", grid, cv, tmp_path, "p", train_limit=200, scale="none")
+    assert json.loads((pdir / "search.json").read_text())["data"]["scale"] == "none"
+    result = retrain_best(ds, tmp_path, "p", {"epochs": 2})  # reads the images as the search did (auto would refuse)
+    _, accuracy = evaluate_saved(pdir / "best_model.keras", ds, scale="none")
+    assert accuracy == pytest.approx(result["test_accuracy"], abs=1e-6) and accuracy > 0.3

@@ -44,6 +44,7 @@ class SearchRequest:
     dataset: str | None = None
     data: Path | None = None
     train_limit: int | None = None
+    scale: str = "auto"
     filters: list[str] | None = None
     learning_rate: list[float] | None = None
     dense_units: list[int] | None = None
@@ -137,7 +138,7 @@ def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
         overrides = {**grid_overrides(r.filters, r.learning_rate, r.dense_units), **overrides}
     given = {"folds": r.folds, "seed": r.seed, "epochs": r.epochs, "batch_size": r.batch_size, "patience": r.patience,
              "precision": settled.precision, "objective": r.objective, "fold_mode": r.fold_mode}
-    plan = plan_search(ds, r.model, overrides, given, r.train_limit)
+    plan = plan_search(ds, r.model, overrides, given, r.train_limit, r.scale)
     settled = settle.settle_fold_mode(settled, r.fold_mode, fold_steps(plan), plan.check.fused_blocker, recorded,
                                       ray=r.ray is not None)
     plan.cv = cv = dataclasses.replace(plan.cv, fold_mode=settled.fold_mode)
@@ -205,7 +206,7 @@ def run_plan(plan: SearchPlan, settled: Settled, directory: str | Path = "tuning
             else "--tensorboard (not on Ray yet)"))
     settings = plan.settings(settled.backend, settled.device)
     state.refuse_changed(pdir, settings, overwrite)  # read-only: a refused run writes nothing
-    x = data_mod.scale_images(plan.dataset.x_train)
+    x = data_mod.scale_images(plan.dataset.x_train, plan.scale)
     with contextlib.ExitStack() as stack:
         if ray is not None:  # before any file is written: an unreachable cluster changes nothing
             ray_cluster.connect(ray, settled.backend, settled.device)
@@ -289,7 +290,7 @@ def _failure_hint(tuner: CVTuner) -> str:
 def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = None, cv: CVConfig | None = None,
            directory: str | Path = "tuning_dirs", project: str = "default", train_limit: int | None = None,
            overwrite: bool = False, progress: Progress | None = None, reuse_models: bool | None = None,
-           tensorboard: bool = False, ray: RayConfig | None = None) -> Path:
+           tensorboard: bool = False, ray: RayConfig | None = None, scale: str = "auto") -> Path:
     """Run (or resume) a grid search scored by stratified K-fold CV; return the project directory.
 
     The backend is the one Keras runs on (KERAS_BACKEND); the device is what it sees; the
@@ -309,11 +310,12 @@ def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = Non
         reuse_models: See `tuner_app.training.model_cache.ModelCache`; False builds a new model for every fold.
         tensorboard: Write TensorBoard logs per trial and fold (needs the tensorflow package).
         ray: Run the folds as Ray tasks (`RayConfig()`: a local Ray; see `tuner_app.scaleout.ray_engine`).
+        scale: How images become inputs: "auto" (8-bit pixels or [0, 1]; other values refused), "255", "none".
     """
     from tuner_app import settle
     from tuner_app.tuning.plan import fold_steps, plan_search
 
-    plan = plan_search(dataset, hypermodel, grid, cv, train_limit)
+    plan = plan_search(dataset, hypermodel, grid, cv, train_limit, scale)
     pdir = state.project_dir(directory, project)
     this_role = role()
     recorded = _recorded(pdir, this_role, overwrite)

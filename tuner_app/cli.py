@@ -60,6 +60,12 @@ class FoldMode(str, Enum):
     sequential = "sequential"
 
 
+class Scale(str, Enum):
+    auto = "auto"
+    by255 = "255"
+    none = "none"
+
+
 class Format(str, Enum):
     table = "table"
     csv = "csv"
@@ -68,6 +74,7 @@ class Format(str, Enum):
 
 DatasetOpt = Annotated[str | None, typer.Option(help=f"Dataset by name: {', '.join(DATASETS)} (mnist-sample ships with tuner-app; the others Keras downloads). [default: mnist]", show_default=False)]
 DataOpt = Annotated[Path | None, typer.Option(help="Local dataset: an .npz (x_train, y_train, x_test, y_test) or a directory of the four IDX files. Overrides --dataset.")]
+ScaleOpt = Annotated[Scale, typer.Option(help="How images become inputs. auto: 8-bit pixels (0..255, divided by 255) or values already in [0, 1]; other values are refused, not rescaled. 255: divide by 255. none: as they are (standardised data). retrain-best uses the search's.")]
 TrainLimitOpt = Annotated[int | None, typer.Option(help="Use a stratified subset of N training images (quick runs).")]
 DirectoryOpt = Annotated[Path, typer.Option(help="Parent directory of all search projects.")]
 ProjectOpt = Annotated[str, typer.Option(help="Project name; state lives in DIRECTORY/PROJECT.")]
@@ -145,7 +152,7 @@ def _request(options: dict, workers: int | None = None) -> api.SearchRequest:
     o = dict(options)
     ray = api.ray_config(o.pop("ray"), o.pop("ray_address"), o.pop("cpus_per_task"), o.pop("gpus_per_task"), workers)
     precision = _precision(o.pop("precision"), o.pop("mixed_precision"), "auto")
-    for name in ("device", "backend", "fold_mode"):
+    for name in ("device", "backend", "fold_mode", "scale"):
         o[name] = o[name].value if isinstance(o[name], Enum) else o[name]
     o.pop("quiet")
     return api.SearchRequest(**{**o, "grid": o["grid"] or [], "ray": ray, "precision": precision})
@@ -161,6 +168,7 @@ def search(
     dataset: DatasetOpt = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
+    scale: ScaleOpt = Scale.auto,
     filters: FiltersOpt = None,
     learning_rate: LearningRateOpt = None,
     dense_units: DenseUnitsOpt = None,
@@ -291,6 +299,7 @@ def run(
     dataset: DatasetOpt = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
+    scale: ScaleOpt = Scale.auto,
     filters: FiltersOpt = None,
     learning_rate: LearningRateOpt = None,
     dense_units: DenseUnitsOpt = None,

@@ -253,14 +253,39 @@ def check_folds(y: np.ndarray, folds: int) -> None:
         )
 
 
-def scale_images(x: np.ndarray) -> np.ndarray:
-    """Images as float32 in [0, 1] with a channel axis: integers are divided by 255,
-    floats are kept when already in [0, 1] and divided by 255 otherwise."""
+SCALES = ("auto", "255", "none")
+
+
+def check_scale(ds: Dataset, scale: str = "auto") -> None:
+    """Refuse images that `scale` cannot read as pixels (README: "Your data").
+
+    `auto` takes 8-bit pixels (integers, or floats, from 0 to 255: divided by 255) and pixels
+    already in [0, 1] (kept); anything else (standardised values, 16-bit images) is refused in one
+    line rather than rescaled silently. `255` divides by 255 whatever the values; `none` keeps
+    them as they are.
+
+    Raises:
+        UsageError: an unknown `scale`, or values outside [0, 255] under `auto`.
+    """
+    if scale not in SCALES:
+        raise UsageError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
+    if scale != "auto":
+        return
+    for name, x in (("x_train", ds.x_train), ("x_test", ds.x_test)):
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 255:
+            raise UsageError(f"--scale auto: {name} holds values from {low:g} to {high:g}, neither 8-bit pixels (0..255) "
+                             "nor [0, 1]; give --scale none to train on them as they are, or rescale them to 0..255")
+
+
+def scale_images(x: np.ndarray, scale: str = "auto") -> np.ndarray:
+    """Images as float32 with a channel axis, scaled as `check_scale` describes: under `auto`,
+    integers are divided by 255, floats kept when already in [0, 1] and divided by 255 otherwise."""
     integer = np.issubdtype(x.dtype, np.integer)
     x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., None]
-    if integer or x.max() > 1.0:
+    if scale == "255" or (scale == "auto" and (integer or x.max() > 1.0)):
         x /= 255.0
     return x
 

@@ -103,7 +103,9 @@ def retrain_best(
     if train_limit is not None:
         dataset = data_mod.stratified_subset(dataset, train_limit)
     seed = searched["cv"]["seed"] if config.seed is None else config.seed
-    x, x_test = data_mod.scale_images(dataset.x_train), data_mod.scale_images(dataset.x_test)
+    scale = searched["data"]["scale"]  # the search's reading of its images, on whatever data this trains
+    data_mod.check_scale(dataset, scale)
+    x, x_test = data_mod.scale_images(dataset.x_train, scale), data_mod.scale_images(dataset.x_test, scale)
 
     hp = models.hyperparameters(best["hyperparameters"])
     if jax_loop.applies(loaded.hypermodel):  # JAX on a GPU: what the search compiled for this retrain
@@ -219,10 +221,12 @@ def _model(searched: dict, hypermodel, dataset: data_mod.Dataset) -> models.Load
     return loaded
 
 
-def evaluate_saved(path: str | Path, dataset: data_mod.Dataset, batch_size: int = 128) -> tuple[float, float]:
-    """Reload a saved model in Keras' safe mode and return (test loss, test accuracy by argmax)."""
+def evaluate_saved(path: str | Path, dataset: data_mod.Dataset, batch_size: int = 128,
+                   scale: str = "auto") -> tuple[float, float]:
+    """Reload a saved model in Keras' safe mode and return (test loss, test accuracy by argmax); `scale`:
+    the search's (`search.json`'s `data.scale`)."""
     model = keras.saving.load_model(str(path), safe_mode=True)
-    x = data_mod.scale_images(dataset.x_test)
+    x = data_mod.scale_images(dataset.x_test, scale)
     loss = model.evaluate(x, labels(dataset.y_test, label_form(model), dataset.num_classes), batch_size=batch_size,
                           verbose=0, return_dict=True)["loss"]
     accuracy = np.mean(np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=1) == dataset.y_test)

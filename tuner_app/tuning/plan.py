@@ -29,6 +29,7 @@ class SearchPlan:
         cv: The CV settings.
         check: What checking the first grid point found (label form, metrics, parameters).
         train_limit: The stratified subset size asked for, if any.
+        scale: How the images become the model's inputs (`tuner_app.data.check_scale`).
     """
 
     dataset: data_mod.Dataset
@@ -37,6 +38,7 @@ class SearchPlan:
     cv: CVConfig
     check: ModelCheck
     train_limit: int | None = None
+    scale: str = "auto"
 
     def settings(self, backend: str, device: str) -> dict:
         """What search.json stores and a resume must match (compared key by key)."""
@@ -46,7 +48,8 @@ class SearchPlan:
             "grid": self.grid.record(),
             "cv": self.cv.to_dict(),
             "data": {"source": ds.source, "train_limit": self.train_limit, "fingerprint": ds.fingerprint(),
-                     "train_size": len(ds.y_train), "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
+                     "train_size": len(ds.y_train), "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+                     "scale": self.scale},
             "backend": backend,
             "device": device,
         }
@@ -60,7 +63,7 @@ def default_cv(model: LoadedModel, **given: Any) -> CVConfig:
 
 
 def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = None,
-                cv: CVConfig | dict | None = None, train_limit: int | None = None) -> SearchPlan:
+                cv: CVConfig | dict | None = None, train_limit: int | None = None, scale: str = "auto") -> SearchPlan:
     """Check a search without writing anything.
 
     Args:
@@ -71,6 +74,7 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
         cv: CV settings; a dict: those given (None: not given), the model's suggested defaults for the
             others, else the seed notebook's (`default_cv`).
         train_limit: Keep a stratified subset of this many training images.
+        scale: "auto" (8-bit pixels or [0, 1]; anything else refused), "255" or "none" (`tuner_app.data.check_scale`).
 
     Raises:
         UsageError: bad data, model, grid or settings (one line naming it and the fix).
@@ -81,7 +85,8 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     if train_limit is not None:
         dataset = data_mod.stratified_subset(dataset, train_limit, min_per_class=cv.folds)
     data_mod.check_folds(dataset.y_train, cv.folds)
-    x = data_mod.scale_images(dataset.x_train[: 64])
+    data_mod.check_scale(dataset, scale)
+    x = data_mod.scale_images(dataset.x_train[: 64], scale)
     try:
         space = grid_mod.discover(loaded.hypermodel, cv.precision)
     except Exception as e:  # noqa: BLE001 - whatever the user's build raises
@@ -92,7 +97,7 @@ def plan_search(dataset: data_mod.Dataset, hypermodel: Any = "seed", grid: dict[
     if cv.fold_mode == "fused" and check.fused_blocker:
         raise UsageError(f"--fold-mode fused: model {loaded.spec} cannot train fused ({check.fused_blocker}); "
                          "use --fold-mode sequential")
-    return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit)
+    return SearchPlan(dataset, loaded, model_grid, cv, check, train_limit, scale)
 
 
 def fold_steps(plan: SearchPlan) -> int:

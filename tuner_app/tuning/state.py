@@ -121,6 +121,8 @@ def stored_settings(pdir: Path) -> dict:
         stored["cv"].setdefault("precision", "float32")  # before --precision
         stored["cv"].setdefault("fold_mode", "sequential")  # before --fold-mode
         stored["cv"]["objective"], stored["cv"]["direction"] = objective(stored)  # before --objective
+    if isinstance(stored.get("data"), dict):
+        stored["data"].setdefault("scale", "auto")  # before --scale
     return stored
 
 

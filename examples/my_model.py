@@ -1,7 +1,7 @@
 """An example of bringing your own model to tuner-app (README, "Bring your own model").
 
-    tuner-app search --model examples/my_model.py:build --dataset mnist-sample --dry-run
-    tuner-app search --model examples/my_model.py:build --dataset mnist-sample --folds 3 --epochs 3
+    tuner-app search --model examples/my_model.py:build --data mnist-sample --dry-run
+    tuner-app search --model examples/my_model.py:build --data mnist-sample --folds 3 --epochs 3
 
 A dense network with four declared hyperparameters, one of them conditional on a boolean:
 2 units x 3 dropouts x (no second layer, or a second layer of 32 or 64 units) = 18 grid points.

@@ -18,8 +18,8 @@ import pytest
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "tuner_app" / "datasets" / "mnist_sample"
 MODELS = Path(__file__).parent / "user_models"
 # The smallest search that still exercises everything: 2 grid points x 2 folds x 1 epoch.
-SMALL_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "400", "--folds", "2", "--epochs", "1",
-                "--filters", "16,32", "--filters", "32,64", "--learning-rate", "0.001", "--quiet"]
+SMALL_SEARCH = ["--data", "mnist-sample", "--train-limit", "400", "--folds", "2", "--epochs", "1",
+                "--grid", "filters=16x32,32x64", "--grid", "learning_rate=0.001", "--quiet"]
 
 
 @pytest.fixture(autouse=True)

@@ -12,16 +12,48 @@ def test_help_lists_every_command():
     for command in ("search", "results", "retrain-best", "run"):
         assert command in proc.stdout
     search_help = run_cli("search", "--help", check=True).stdout
-    for option in ("--data", "--train-limit", "--filters", "--learning-rate", "--dense-units", "--folds", "--seed",
-                   "--epochs", "--batch-size", "--patience", "--directory", "--project", "--overwrite", "--device",
-                   "--backend"):
+    for option in ("--data", "--train-limit", "--grid", "--folds", "--seed", "--epochs", "--batch-size", "--patience",
+                   "--directory", "--project", "--overwrite", "--device", "--backend", "--precision"):
         assert option in search_help
+    for hidden in ("--dataset", "--filters", "--learning-rate", "--dense-units", "--mixed-precision"):  # old names
+        assert hidden not in search_help
     bare = run_cli()
-    assert bare.returncode == 2 and "Commands" in bare.stderr
+    assert bare.returncode == 2 and "Commands" in bare.stdout
     assert bare.stderr.strip().splitlines()[-1] == "tuner-app: error: give a command: search, results, retrain-best or run"
     from importlib.metadata import version
 
     assert run_cli("--version", check=True).stdout == f"tuner-app {version('tuner-app')}\n"
+
+
+def test_help_groups_the_options_in_panels_with_one_line_each():
+    import os
+
+    text = run_cli("run", "--help", env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    panels = ["Data", "Model and grid", "Cross-validation", "Device and precision", "Scale-out", "Project and output",
+              "Final training (retrain-best)"]
+    found = [line.split("─ ", 1)[1].split(" ─")[0] for line in text.splitlines() if line.startswith("╭─ ")]
+    assert found[0] == "Options" and found[1:] == panels
+    retrain = text.split("Final training (retrain-best)", 1)[1]
+    for option in ("--retrain-epochs", "--retrain-batch-size", "--retrain-validation-split", "--retrain-precision"):
+        assert option in retrain
+    import typer
+
+    from tuner_app.cli import app
+
+    for name, command in typer.main.get_command(app).commands.items():  # one sentence of help per option
+        for param in command.params:
+            if getattr(param, "help", None) and not param.hidden:
+                assert "\n" not in param.help and len(param.help) <= 120, (name, param.name, param.help)
+
+
+def test_shell_completion_completes_commands_and_choices():
+    import os
+
+    env = {**os.environ, "_TUNER_APP_COMPLETE": "complete_bash", "COMP_WORDS": "tuner-app se", "COMP_CWORD": "1"}
+    assert run_cli(env=env, check=True).stdout.split() == ["search"]
+    env.update(COMP_WORDS="tuner-app search --fold-mode ", COMP_CWORD="3")
+    assert run_cli(env=env, check=True).stdout.split() == ["auto", "fused", "sequential"]
+    assert "--install-completion" in run_cli("--help", check=True).stdout
 
 
 def test_results_json_lists_every_trial_with_its_fold_records(searched):
@@ -64,11 +96,12 @@ def test_run_searches_then_retrains_the_best_in_one_process(tmp_path):
     # Run again: the search is complete, so only the retrain runs (and gives the same model).
     again = run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--directory", tmp_path, "--project", "job", check=True)
     assert again.stdout.strip().splitlines()[-1] == proc.stdout.strip().splitlines()[-1]
-    # --retrain-precision reaches the retrain alone: the search, complete, trains nothing.
+    # The --retrain-* options reach the retrain alone: the search, complete, trains nothing.
     folds = {p: p.read_bytes() for p in pdir.rglob("folds.json")}
-    run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--retrain-precision", "mixed", "--directory", tmp_path,
-            "--project", "job", check=True)
-    assert json.loads((pdir / "retrain.json").read_text())["precision"] == "mixed_bfloat16"
+    run_cli("run", *SMALL_SEARCH, "--retrain-epochs", "1", "--retrain-precision", "mixed", "--retrain-batch-size", "64",
+            "--retrain-validation-split", "0.2", "-d", tmp_path, "-p", "job", check=True)
+    final = json.loads((pdir / "retrain.json").read_text())
+    assert (final["precision"], final["batch_size"], final["validation_split"]) == ("mixed_bfloat16", 64, 0.2), final
     assert retrained["precision"] == "float32" and folds == {p: p.read_bytes() for p in pdir.rglob("folds.json")}
 
 
@@ -90,7 +123,7 @@ def test_precision_is_chosen_per_command_and_recorded(searched, tmp_path):
             "--precision", "float32", check=True)
     assert json.loads((tmp_path / "fp32" / "search.json").read_text())["cv"]["precision"] == "float32"
     run_cli("retrain-best", "--directory", searched, "--project", "small", "--epochs", "1", "--train-limit", "200",
-            "--mixed-precision", check=True)
+            "--precision", "mixed", check=True)
     assert json.loads((searched / "small" / "retrain.json").read_text())["precision"] == "mixed_bfloat16"
 
 

@@ -50,9 +50,12 @@ CASES = [
     ("epochs < 1", ["--epochs", "0"], "--epochs 0"),
     ("batch size < 1", ["--batch-size", "0"], "--batch-size 0"),
     ("patience < 1", ["--patience", "0"], "--patience 0"),
-    ("learning rate <= 0", ["--learning-rate", "0"], "--learning-rate 0.0: must be a positive number"),
-    ("learning rate not a number", ["--learning-rate", "fast"], "--learning-rate"),
-    ("filter pair not two positive ints", ["--filters", "16"], "--filters 16: give two positive integers"),
+    ("learning rate <= 0", ["--grid", "learning_rate=0"], "--grid learning_rate=0: must be a positive number"),
+    ("learning rate not a number", ["--grid", "learning_rate=fast"], "--grid learning_rate=fast: learning_rate takes float"),
+    ("filter pair not two positive ints", ["--grid", "filters=16x0"], "--grid filters=16x0: give two positive integers"),
+    ("dense units <= 0", ["--grid", "dense_units=0"], "--grid dense_units=0: must be a positive integer"),
+    ("the old --learning-rate <= 0", ["--learning-rate", "0"], "--learning-rate 0.0: must be a positive number"),
+    ("the old --filters not a pair", ["--filters", "16"], "--filters 16: give two positive integers"),
     ("train limit too small", ["--train-limit", "5"], "--train-limit 5: too small for 10 classes x 2 folds"),
     ("train limit too large", ["--train-limit", "100000"],
      "--train-limit 100000: larger than the training set (1000 images)"),
@@ -61,8 +64,10 @@ CASES = [
     ("project with ..", ["--project", ".."], "--project '..'"),
     ("unknown device", ["--device", "tpu"], "--device"),
     ("unknown precision", ["--precision", "fp8"], "--precision"),
-    ("two precisions", ["--mixed-precision", "--precision=float32"], "disagree"),  # (a flag, then an option)
-    ("unknown dataset", ["--dataset", "imagenet"], "--dataset"),
+    ("two precisions (the old --mixed-precision)", ["--mixed-precision", "--precision=float32"], "disagree"),
+    ("unknown dataset", ["--data", "imagenet"], "--data imagenet: neither a dataset name (mnist, fashion_mnist"),
+    ("--dataset beside --data", ["--dataset", "imagenet"], "--dataset is the old name of --data: give one"),
+    ("unknown option", ["--fold", "3"], "Try 'tuner-app search --help' for help."),
     ("images smaller than the model takes", ["--data", "NPZ:x_train=tiny", "--train-limit", "40"], "images are 12x12 but model seed needs at least 16x16"),
     ("resume with other settings", ["--epochs", "2"], "was searched with other settings (cv.epochs: 1 -> 2)"),
     ("unknown objective direction", ["--objective", "val_foo"],
@@ -128,22 +133,22 @@ def _materialise(args, tmp_path):
 
 
 def _small_search_with(extra):
-    args = list(SMALL_SEARCH)
-    if "--model" in extra:  # the seed's grid options belong to the seed model
-        args = [a for i, a in enumerate(args) if a not in ("--filters", "--learning-rate")
-                and (i == 0 or args[i - 1] not in ("--filters", "--learning-rate"))]
-    for i in range(0, len(extra), 2):
-        opt, value = extra[i], extra[i + 1]
-        if opt in args and opt not in ("--filters", "--learning-rate", "--grid"):  # --grid: repeatable
-            j = args.index(opt)
-            del args[j:j + 2]
-        elif opt in ("--filters", "--learning-rate") and "--model" not in extra:
-            while opt in args:
-                j = args.index(opt)
-                del args[j:j + 2]
-        if value is not None:
-            args += [opt, value]
-    return args
+    """SMALL_SEARCH with EXTRA's options in place of its own (a --grid NAME replaces SMALL_SEARCH's --grid NAME;
+    another --model drops the seed's --grid values)."""
+    pairs = [SMALL_SEARCH[i:i + 2] for i in range(0, len(SMALL_SEARCH) - 1, 2)]
+    flags = [a for a in SMALL_SEARCH[len(pairs) * 2:]]
+    given = [extra[i:i + 2] for i in range(0, len(extra), 2)]
+    grid_names = {v.partition("=")[0] for o, v in given if o == "--grid"}
+    old_seed = any(o in ("--filters", "--learning-rate") for o, _ in given)
+
+    def kept(option, value):
+        if option == "--grid":
+            name = value.partition("=")[0]
+            return "--model" not in extra and not old_seed and name not in grid_names
+        return option not in {o for o, _ in given}
+
+    args = [a for option, value in pairs if kept(option, value) for a in (option, value)]
+    return args + flags + [a for option, value in given if value is not None for a in (option, value)]
 
 
 @pytest.mark.parametrize("name, extra, fragment", CASES, ids=[c[0] for c in CASES])

@@ -158,7 +158,7 @@ def test_sample_provenance_and_licence_are_shipped():
 
 
 def test_the_sample_ships_inside_the_installed_package():
-    """`--dataset mnist-sample` reads files installed with the package, not the repository's."""
+    """`--data mnist-sample` reads files installed with the package, not the repository's."""
     import tomllib
     from pathlib import Path
 
@@ -181,4 +181,4 @@ def test_offline_download_error_names_the_local_options(monkeypatch):
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
     with pytest.raises(DataError) as info:
         data.load_dataset(dataset="mnist")
-    assert "--data PATH" in str(info.value) and "--dataset mnist-sample" in str(info.value)
+    assert "--data PATH" in str(info.value) and "--data mnist-sample" in str(info.value)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner_app.config import CVConfig, RayConfig, RetrainConfig, Settled, parse_grid_option
-from tuner_app.errors import SettingError, TunerAppError, UsageError, failed_fold_line
+from tuner_app.errors import TunerAppError, UsageError, failed_fold_line
 from tuner_app.runtime import files
 from tuner_app.runtime.progress import Progress, plural
 from tuner_app.tuning import state
@@ -106,7 +106,7 @@ def ray_config(ray: bool, address: str | None = None, cpus_per_task: float | Non
             raise UsageError(f"{given[0]} belongs to --ray: add --ray, or drop it")
         return None
     if workers is not None:
-        raise UsageError("--ray and --workers are two engines: pick one (README: Ray or KerasTuner's chief/worker)")
+        raise UsageError("--ray and --workers are two engines: pick one (docs: Scale-out)")
     return RayConfig(address, 1.0 if cpus_per_task is None else cpus_per_task, gpus_per_task)
 
 
@@ -130,12 +130,13 @@ def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
     settled = settle.settle(r.backend, r.device, r.precision, "chief" if r.ray else this_role, recorded, r.threads)
     settled = dataclasses.replace(settled, role=this_role)
     from tuner_app.data import load_dataset
-    from tuner_app.models.seed import grid_overrides
+    from tuner_app.models.seed import grid_overrides, seed_grid
     from tuner_app.tuning.plan import fold_steps, plan_search
 
     ds = load_dataset(r.data, r.dataset or "mnist")
     if r.model == "seed":
         overrides = {**grid_overrides(r.filters, r.learning_rate, r.dense_units), **overrides}
+        overrides = seed_grid(overrides)
     given = {"folds": r.folds, "seed": r.seed, "epochs": r.epochs, "batch_size": r.batch_size, "patience": r.patience,
              "precision": settled.precision, "objective": r.objective, "fold_mode": r.fold_mode}
     plan = plan_search(ds, r.model, overrides, given, r.train_limit, r.scale)
@@ -287,7 +288,7 @@ def _failure_hint(tuner: CVTuner) -> str:
     return f"trial {t.trial_id}: {what} (full traceback in {where}); rerun the same command to retry it"
 
 
-def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = None, cv: CVConfig | None = None,
+def search(dataset: Any, hypermodel: Any = "seed", grid: dict[str, list] | None = None, cv: CVConfig | None = None,
            directory: str | Path = "tuning_dirs", project: str = "default", train_limit: int | None = None,
            overwrite: bool = False, progress: Progress | None = None, reuse_models: bool | None = None,
            tensorboard: bool = False, ray: RayConfig | None = None, scale: str = "auto") -> Path:
@@ -327,7 +328,7 @@ def search(dataset, hypermodel: Any = "seed", grid: dict[str, list] | None = Non
     return run_plan(plan, settled, directory, project, overwrite, progress, reuse_models, tensorboard, ray)
 
 
-run_search = search  # (the name README used first)
+run_search = search  # (its first name, kept for notebooks that use it)
 
 
 def retrain(dataset: str | None = None, data: Path | None = None, train_limit: int | None = None,
@@ -351,12 +352,12 @@ def retrain(dataset: str | None = None, data: Path | None = None, train_limit: i
 
 
 def check_retrain_options(**given) -> None:
-    """Refuse `run`'s retrain options by their own names before the search starts, not after it."""
-    try:
-        RetrainConfig(**{k: v for k, v in given.items() if v is not None})
-    except SettingError as e:
-        raise UsageError(e.as_option("--retrain-epochs" if e.name == "epochs" else "--" + e.name.replace("_", "-"))) \
-            from None
+    """Check retrain options before a search, not after it.
+
+    Raises:
+        SettingError: naming the setting (`run` says it with its own option names).
+    """
+    RetrainConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def grid_params(prepared: Prepared) -> list[int]:

@@ -26,8 +26,7 @@ from tuner_app.errors import DataWarning, SearchInterrupted, SettingError, Tuner
 from tuner_app.runtime.progress import describe, plural
 
 app = typer.Typer(
-    name="tuner-app", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    name="tuner-app", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
     help="Grid search x stratified K-fold CV for any Keras model, on KerasTuner; then retrain the best.",
 )
 out = rich.console.Console()
@@ -72,18 +71,21 @@ class Format(str, Enum):
     json = "json"
 
 
-DatasetOpt = Annotated[str | None, typer.Option(help=f"Dataset by name: {', '.join(DATASETS)} (mnist-sample ships with tuner-app; the others Keras downloads). [default: mnist]", show_default=False)]
-DataOpt = Annotated[Path | None, typer.Option(help="Local dataset: an .npz (x_train, y_train, x_test, y_test) or a directory of the four IDX files. Overrides --dataset.")]
-ScaleOpt = Annotated[Scale, typer.Option(help="How images become inputs. auto: 8-bit pixels (0..255, divided by 255) or values already in [0, 1]; other values are refused, not rescaled. 255: divide by 255. none: as they are (standardised data). retrain-best uses the search's.")]
-TrainLimitOpt = Annotated[int | None, typer.Option(help="Use a stratified subset of N training images (quick runs).")]
-DirectoryOpt = Annotated[Path, typer.Option(help="Parent directory of all search projects.")]
-ProjectOpt = Annotated[str, typer.Option(help="Project name; state lives in DIRECTORY/PROJECT.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto: GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
-BackendOpt = Annotated[Backend | None, typer.Option(help="Keras backend (default: $KERAS_BACKEND, else tensorflow).", show_default=False)]
-MixedOpt = Annotated[bool, typer.Option("--mixed-precision", help="Shorthand for --precision mixed.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (for scripts).")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for training. [default: all cores]", show_default=False)]
-SearchThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for training. [default: all cores; --workers splits them]", show_default=False)]
+# Help panels: options grouped by what they are about (`--help` shows one panel each).
+DATA, MODEL, CV, DEVICE, SCALEOUT, PROJECT, FINAL = ("Data", "Model and grid", "Cross-validation",
+                                                     "Device and precision", "Scale-out", "Project and output",
+                                                     "Final training (retrain-best)")
+DataOpt = Annotated[str | None, typer.Option("--data", metavar="NAME|PATH", rich_help_panel=DATA, show_default="mnist", help=f"A dataset name ({', '.join(DATASETS)}), an .npz file or a folder of IDX files.")]
+OldDatasetOpt = Annotated[str | None, typer.Option("--dataset", hidden=True, help="The old name of --data NAME.")]
+ScaleOpt = Annotated[Scale, typer.Option(rich_help_panel=DATA, help="How pixels become inputs: auto (0..255 divided by 255, [0, 1] as is, else refused), 255, none.")]
+TrainLimitOpt = Annotated[int | None, typer.Option(rich_help_panel=DATA, show_default="all", help="Use a stratified subset of N training images.")]
+DirectoryOpt = Annotated[Path, typer.Option("--directory", "-d", rich_help_panel=PROJECT, help="Parent directory of all projects.")]
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", rich_help_panel=PROJECT, help="Project name: state lives in DIRECTORY/PROJECT.")]
+DeviceOpt = Annotated[Device, typer.Option(rich_help_panel=DEVICE, help="auto: a GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
+BackendOpt = Annotated[Backend | None, typer.Option(rich_help_panel=DEVICE, show_default="$KERAS_BACKEND, else tensorflow", help="Keras backend.")]
+MixedOpt = Annotated[bool, typer.Option("--mixed-precision", hidden=True, help="The old name of --precision mixed.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=PROJECT, help="No progress output (for scripts).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", rich_help_panel=DEVICE, show_default="all cores", help="CPU threads for training (--workers splits them).")]
 
 
 def _version(value: bool) -> None:
@@ -99,25 +101,41 @@ def _common(version: Annotated[bool, typer.Option("--version", callback=_version
     """Grid search x stratified K-fold CV for any Keras model, on KerasTuner; then retrain the best."""
 
 
-ModelOpt = Annotated[str, typer.Option(help="The model: a preset (seed, extended), FILE.py:NAME or package.module:NAME, where NAME is a build(hp) function or a keras_tuner.HyperModel.")]
-GridOpt = Annotated[list[str] | None, typer.Option(help="NAME=V1,V2: replace a declared hyperparameter's values for this search; repeat for more names (a value with a comma: NAME='[\"16,32\",\"32,64\"]').", show_default=False)]
-ObjectiveOpt = Annotated[str, typer.Option(help="The validation metric that scores a fold (val_loss: lower is better); NAME:max or NAME:min for others.")]
-FiltersOpt = Annotated[list[str] | None, typer.Option(help="--model seed: conv filter pair 'F1,F2'; repeat for more grid values. [default: 16,32 32,64 64,128]", show_default=False)]
-LearningRateOpt = Annotated[list[float] | None, typer.Option(help="--model seed: Adam learning rate; repeatable. [default: 0.001 0.0005]", show_default=False)]
-DenseUnitsOpt = Annotated[list[int] | None, typer.Option(help="--model seed: hidden dense units; repeatable. [default: 120]", show_default=False)]
-FoldsOpt = Annotated[int, typer.Option(help="Stratified K-fold splits.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the fold split, the weight initialisation and each fold's per-epoch data order.")]
-EpochsOpt = Annotated[int | None, typer.Option(help="Maximum epochs per fold. [default: 5, or what the model suggests (extended: 15)]", show_default=False)]
-BatchSizeOpt = Annotated[int | None, typer.Option(help="Batch size. [default: 128, or the model's]", show_default=False)]
-PatienceOpt = Annotated[int | None, typer.Option(help="EarlyStopping patience on the objective (best weights restored). [default: 3, or the model's]", show_default=False)]
-FoldModeOpt = Annotated[FoldMode, typer.Option(help="fused: a trial's folds train together in one model, each exactly as it would alone; sequential: one fold after another; auto: in float32, fused on a GPU, and on a CPU under TensorFlow (not with --ray) where each fold trains enough steps for that CPU class (records: 100 on AMD with AVX512_BF16 and Intel with AMX, 1,875 on Intel without AMX); otherwise, and for a model that cannot train fused exactly, sequential (the header says why); a resume keeps the first run's.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete the project's earlier state and start over.")]
-SearchPrecisionOpt = Annotated[Precision | None, typer.Option(help="mixed: bfloat16 arithmetic with float32 weights (faster where the hardware has bfloat16 units); auto: mixed where bfloat16 was measured faster (GPUs of compute capability >= 8.0, AMX CPUs, AMD CPUs with AVX512_BF16 under TensorFlow or PyTorch), else float32; a resume keeps the first run's. [default: auto]", show_default=False)]
-TensorboardOpt = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs per trial and fold (with HParams) to DIRECTORY/PROJECT/tensorboard.")]
-RayOpt = Annotated[bool, typer.Option("--ray", help="Run the folds as tasks on Ray: on the cluster at --ray-address, else at $RAY_ADDRESS, else on a local Ray on this machine. Needs pip install 'tuner-app[ray]'.")]
-RayAddressOpt = Annotated[str | None, typer.Option(help="With --ray: the Ray cluster's address (HOST:6379, ray://HOST:10001, auto).", show_default=False)]
-CpusPerTaskOpt = Annotated[float | None, typer.Option(help="With --ray: CPU cores each fold task reserves (and trains with). [default: 1]", show_default=False)]
-GpusPerTaskOpt = Annotated[float | None, typer.Option(help="With --ray: GPUs each fold task reserves; a fraction lets folds share a GPU. [default: 1 on a GPU search, else 0]", show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help="A preset (seed, extended), FILE.py:NAME or package.module:NAME (a build(hp) function or a HyperModel).")]
+GridOpt = Annotated[list[str] | None, typer.Option("--grid", "-g", metavar="NAME=V1,V2", rich_help_panel=MODEL, show_default="the model's", help="Replace a hyperparameter's values; repeat for more names (seed: --grid filters=16x32,64x128).")]
+ObjectiveOpt = Annotated[str, typer.Option(rich_help_panel=MODEL, help="Validation metric that scores a fold; NAME:max or NAME:min for one tuner-app does not know.")]
+OldFiltersOpt = Annotated[list[str] | None, typer.Option("--filters", hidden=True, help="The old form of --grid filters=...")]
+OldLearningRateOpt = Annotated[list[float] | None, typer.Option("--learning-rate", hidden=True, help="The old form of --grid learning_rate=...")]
+OldDenseUnitsOpt = Annotated[list[int] | None, typer.Option("--dense-units", hidden=True, help="The old form of --grid dense_units=...")]
+FoldsOpt = Annotated[int, typer.Option(rich_help_panel=CV, help="Stratified K-fold splits.")]
+SeedOpt = Annotated[int, typer.Option(rich_help_panel=CV, help="Seed of the fold split, the weights and the data order.")]
+EpochsOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default="5, or the model's", help="Maximum epochs per fold.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default="128, or the model's", help="Batch size.")]
+PatienceOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default="3, or the model's", help="EarlyStopping patience on the objective (best weights restored).")]
+FoldModeOpt = Annotated[FoldMode, typer.Option(rich_help_panel=DEVICE, help="fused: a trial's folds train together, each exactly as alone; auto decides (docs: Concepts).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", rich_help_panel=PROJECT, help="Delete the project's earlier state and start over.")]
+SearchPrecisionOpt = Annotated[Precision | None, typer.Option(rich_help_panel=DEVICE, show_default="auto", help="mixed: bfloat16 maths, float32 weights; auto: mixed where it was measured faster.")]
+TensorboardOpt = Annotated[bool, typer.Option("--tensorboard", rich_help_panel=PROJECT, help="Write TensorBoard logs per trial and fold to DIRECTORY/PROJECT/tensorboard.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel=PROJECT, help="List the grid points and stop; writes nothing.")]
+WorkersOpt = Annotated[int | None, typer.Option(rich_help_panel=SCALEOUT, show_default=False, help="Run a KerasTuner chief and N worker processes on this host.")]
+ChiefOpt = Annotated[str | None, typer.Option(metavar="HOST:PORT", rich_help_panel=SCALEOUT, show_default=False, help="With --workers: start only the workers, joining this chief.")]
+RayOpt = Annotated[bool, typer.Option("--ray", rich_help_panel=SCALEOUT, help="Run folds as Ray tasks (--ray-address, else $RAY_ADDRESS, else a local Ray); needs the ray extra.")]
+RayAddressOpt = Annotated[str | None, typer.Option(rich_help_panel=SCALEOUT, show_default=False, help="With --ray: the cluster's address (HOST:6379, ray://HOST:10001, auto).")]
+CpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1", help="With --ray: CPU cores each fold task reserves and trains with.")]
+GpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1 on a GPU, else 0", help="With --ray: GPUs each fold task reserves (a fraction shares one).")]
+
+
+def _data(data: str | None, dataset: str | None) -> tuple[str | None, Path | None]:
+    """`--data NAME|PATH` (or the old `--dataset NAME`) as (dataset name, path): a known name is a name."""
+    if data is None:
+        return dataset, None
+    if dataset is not None:
+        raise UsageError(f"--dataset is the old name of --data: give one (--data {data} or --data {dataset})")
+    if data in DATASETS:
+        return data, None
+    if not Path(data).exists() and not Path(data).suffix and "/" not in data:  # meant as a name: data.py refuses it
+        return data, None
+    return dataset, Path(data)
 
 
 def _precision(precision: Precision | None, mixed_precision: bool, default: str) -> str:
@@ -155,45 +173,46 @@ def _request(options: dict, workers: int | None = None) -> api.SearchRequest:
     for name in ("device", "backend", "fold_mode", "scale"):
         o[name] = o[name].value if isinstance(o[name], Enum) else o[name]
     o.pop("quiet")
+    o["dataset"], o["data"] = _data(o["data"], o["dataset"])
     return api.SearchRequest(**{**o, "grid": o["grid"] or [], "ray": ray, "precision": precision})
 
 
 @app.command()
 def search(
     ctx: typer.Context,
-    model: ModelOpt = "seed",
-    grid: GridOpt = None,
-    objective: ObjectiveOpt = "val_accuracy",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid points (with each model's parameter count) and stop; writes nothing.")] = False,
-    dataset: DatasetOpt = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
     scale: ScaleOpt = Scale.auto,
-    filters: FiltersOpt = None,
-    learning_rate: LearningRateOpt = None,
-    dense_units: DenseUnitsOpt = None,
+    model: ModelOpt = "seed",
+    grid: GridOpt = None,
+    objective: ObjectiveOpt = "val_accuracy",
     folds: FoldsOpt = 5,
     seed: SeedOpt = 42,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     patience: PatienceOpt = None,
-    fold_mode: FoldModeOpt = FoldMode.auto,
-    directory: DirectoryOpt = Path("tuning_dirs"),
-    project: ProjectOpt = "default",
-    overwrite: OverwriteOpt = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     precision: SearchPrecisionOpt = None,
-    mixed_precision: MixedOpt = False,
-    tensorboard: TensorboardOpt = False,
-    workers: Annotated[int | None, typer.Option(help="Run a KerasTuner chief and N worker processes on this host (one GPU each, or sharing the CPU cores).", show_default=False)] = None,
-    chief: Annotated[str | None, typer.Option(help="With --workers: start only the N workers, joining the chief at HOST:PORT.", show_default=False)] = None,
-    threads: SearchThreadsOpt = None,
+    fold_mode: FoldModeOpt = FoldMode.auto,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    chief: ChiefOpt = None,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     cpus_per_task: CpusPerTaskOpt = None,
     gpus_per_task: GpusPerTaskOpt = None,
+    directory: DirectoryOpt = Path("tuning_dirs"),
+    project: ProjectOpt = "default",
+    overwrite: OverwriteOpt = False,
+    dry_run: DryRunOpt = False,
+    tensorboard: TensorboardOpt = False,
     quiet: QuietOpt = False,
+    dataset: OldDatasetOpt = None,
+    mixed_precision: MixedOpt = False,
+    filters: OldFiltersOpt = None,
+    learning_rate: OldLearningRateOpt = None,
+    dense_units: OldDenseUnitsOpt = None,
 ):
     """Score every grid point of a model by stratified K-fold CV; resumes an interrupted search."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "dry_run", "workers", "chief")}
@@ -256,31 +275,36 @@ def show_results(
     sys.stdout.write(results.to_json(ranked) + "\n" if format is Format.json else results.to_csv(ranked))
 
 
-RetrainEpochsOpt = Annotated[int | None, typer.Option(help="Training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)]
-ValidationSplitOpt = Annotated[float | None, typer.Option(help="Fraction held out for validation during training. [default: 0.1]", show_default=False)]
+RetrainEpochsOpt = Annotated[int | None, typer.Option("--retrain-epochs", rich_help_panel=FINAL, show_default="10, or the model's", help="retrain-best's --epochs.")]
+RetrainBatchSizeOpt = Annotated[int | None, typer.Option("--retrain-batch-size", rich_help_panel=FINAL, show_default="--batch-size", help="retrain-best's --batch-size.")]
+RetrainValidationSplitOpt = Annotated[float | None, typer.Option("--retrain-validation-split", rich_help_panel=FINAL, show_default="0.1", help="retrain-best's --validation-split.")]
+RetrainPrecisionOpt = Annotated[Precision | None, typer.Option("--retrain-precision", metavar="PRECISION", rich_help_panel=FINAL, show_default="float32", help="retrain-best's --precision: auto, float32 or mixed.")]
+OldValidationSplitOpt = Annotated[float | None, typer.Option("--validation-split", hidden=True, help="The old name of --retrain-validation-split.")]
+TRAIN = "Training"
 
 
 @app.command("retrain-best")
 def retrain_best(
-    dataset: Annotated[str | None, typer.Option(help="Dataset by name (see search). [default: the searched data]", show_default=False)] = None,
-    data: DataOpt = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="NAME|PATH", rich_help_panel=DATA, show_default="the searched data", help="A dataset name, an .npz file or a folder of IDX files.")] = None,
     train_limit: TrainLimitOpt = None,
-    directory: DirectoryOpt = Path("tuning_dirs"),
-    project: ProjectOpt = "default",
-    epochs: RetrainEpochsOpt = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size. [default: 128]", show_default=False)] = None,
-    validation_split: ValidationSplitOpt = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the weight initialisation and the per-epoch data order. [default: the search's --seed]", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="10, or the model's", help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="128", help="Batch size.")] = None,
+    validation_split: Annotated[float | None, typer.Option(rich_help_panel=TRAIN, show_default="0.1", help="Fraction of the training set held out to watch training.")] = None,
+    seed: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="the search's --seed", help="Seed of the weights and the data order.")] = None,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
-    precision: Annotated[Precision | None, typer.Option(help="auto, float32 or mixed (see search --help). [default: float32: the final model at full precision, whatever the search used]", show_default=False)] = None,
-    mixed_precision: MixedOpt = False,
+    precision: Annotated[Precision | None, typer.Option(rich_help_panel=DEVICE, show_default="float32", help="The final model's arithmetic, whatever the search's was.")] = None,
     threads: ThreadsOpt = None,
+    directory: DirectoryOpt = Path("tuning_dirs"),
+    project: ProjectOpt = "default",
     quiet: QuietOpt = False,
+    dataset: OldDatasetOpt = None,
+    mixed_precision: MixedOpt = False,
 ):
     """Train the best trial's model on the whole training set, test it, save it."""
     requested = _precision(precision, mixed_precision, "float32")
-    result = api.retrain(dataset, data, train_limit, directory, project, epochs, batch_size, validation_split, seed,
+    dataset, path = _data(data, dataset)
+    result = api.retrain(dataset, path, train_limit, directory, project, epochs, batch_size, validation_split, seed,
                          device.value, backend.value if backend else None, requested, threads, _progress(quiet))
     if not quiet:
         written = results.retrain_files(directory, project)
@@ -293,48 +317,58 @@ def retrain_best(
 
 @app.command()
 def run(
-    model: ModelOpt = "seed",
-    grid: GridOpt = None,
-    objective: ObjectiveOpt = "val_accuracy",
-    dataset: DatasetOpt = None,
     data: DataOpt = None,
     train_limit: TrainLimitOpt = None,
     scale: ScaleOpt = Scale.auto,
-    filters: FiltersOpt = None,
-    learning_rate: LearningRateOpt = None,
-    dense_units: DenseUnitsOpt = None,
+    model: ModelOpt = "seed",
+    grid: GridOpt = None,
+    objective: ObjectiveOpt = "val_accuracy",
     folds: FoldsOpt = 5,
     seed: SeedOpt = 42,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     patience: PatienceOpt = None,
-    fold_mode: FoldModeOpt = FoldMode.auto,
-    directory: DirectoryOpt = Path("tuning_dirs"),
-    project: ProjectOpt = "default",
-    overwrite: OverwriteOpt = False,
     device: DeviceOpt = Device.auto,
     backend: BackendOpt = None,
     precision: SearchPrecisionOpt = None,
-    mixed_precision: MixedOpt = False,
-    tensorboard: TensorboardOpt = False,
+    fold_mode: FoldModeOpt = FoldMode.auto,
     threads: ThreadsOpt = None,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     cpus_per_task: CpusPerTaskOpt = None,
     gpus_per_task: GpusPerTaskOpt = None,
-    retrain_epochs: Annotated[int | None, typer.Option(help="retrain-best's --epochs: the final model's training epochs. [default: 10, or what the model suggests (extended: 30)]", show_default=False)] = None,
-    validation_split: Annotated[float | None, typer.Option(help="retrain-best's --validation-split. [default: 0.1]", show_default=False)] = None,
-    retrain_precision: Annotated[Precision | None, typer.Option(help="retrain-best's --precision: the final model's arithmetic, whatever the search's --precision. [default: float32]", show_default=False)] = None,
+    directory: DirectoryOpt = Path("tuning_dirs"),
+    project: ProjectOpt = "default",
+    overwrite: OverwriteOpt = False,
+    tensorboard: TensorboardOpt = False,
     quiet: QuietOpt = False,
+    retrain_epochs: RetrainEpochsOpt = None,
+    retrain_batch_size: RetrainBatchSizeOpt = None,
+    retrain_validation_split: RetrainValidationSplitOpt = None,
+    retrain_precision: RetrainPrecisionOpt = None,
+    dataset: OldDatasetOpt = None,
+    mixed_precision: MixedOpt = False,
+    filters: OldFiltersOpt = None,
+    learning_rate: OldLearningRateOpt = None,
+    dense_units: OldDenseUnitsOpt = None,
+    validation_split: OldValidationSplitOpt = None,
 ):
-    """The whole job in one process: search (or resume), then retrain-best on the same data; the options are search's."""
-    options = {k: v for k, v in locals().items() if k not in ("retrain_epochs", "validation_split", "retrain_precision")}
-    api.check_retrain_options(epochs=retrain_epochs, validation_split=validation_split)  # before the search
+    """The whole job in one process: search (or resume), then retrain-best on the same data."""
+    options = {k: v for k, v in locals().items() if not k.startswith("retrain_") and k != "validation_split"}
+    if validation_split is not None and retrain_validation_split is not None:
+        raise UsageError("--validation-split is the old name of --retrain-validation-split: give one")
+    split = validation_split if retrain_validation_split is None else retrain_validation_split
+    option = "--validation-split" if validation_split is not None else "--retrain-validation-split"
+    try:
+        api.check_retrain_options(epochs=retrain_epochs, validation_split=split, batch_size=retrain_batch_size)
+    except SettingError as e:  # before the search; named as `run` names it
+        raise UsageError(e.as_option({"epochs": "--retrain-epochs", "validation_split": option,
+                                      "batch_size": "--retrain-batch-size"}[e.name])) from None
     _search(_request(options), dry_run=False, quiet=quiet)
-    retrain_best(dataset=dataset, data=data, train_limit=train_limit, directory=directory, project=project,
-                 epochs=retrain_epochs, batch_size=batch_size, validation_split=validation_split, seed=seed,
-                 device=device, backend=backend, precision=retrain_precision, mixed_precision=False, threads=threads,
-                 quiet=quiet)
+    retrain_best(data=data, train_limit=train_limit, directory=directory, project=project, epochs=retrain_epochs,
+                 batch_size=batch_size if retrain_batch_size is None else retrain_batch_size, validation_split=split,
+                 seed=seed, device=device, backend=backend, precision=retrain_precision, threads=threads, quiet=quiet,
+                 dataset=dataset, mixed_precision=False)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -351,13 +385,15 @@ def main() -> None:
     """Entry point: run the app, turning expected errors into one line and an exit code."""
     warnings.showwarning = _show_warning
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="tuner-app", standalone_mode=False)
     except TyperException as e:  # typer's (vendored click's) usage errors
         if type(e).__name__ == "NoArgsIsHelpError":  # `tuner-app` alone: the help, and which command is missing
-            print(f"{e.format_message()}\n\ntuner-app: error: give a command: search, results, retrain-best or run",
-                  file=sys.stderr)
-        elif e.format_message():
-            print(f"tuner-app: error: {e.format_message()}", file=sys.stderr)
+            print("tuner-app: error: give a command: search, results, retrain-best or run", file=sys.stderr)
+        elif e.format_message():  # one line, with Click's hint to the command's help
+            ctx = getattr(e, "ctx", None)
+            hint = f" Try '{ctx.command_path} --help' for help." if ctx is not None else ""
+            message = e.format_message()
+            print(f"tuner-app: error: {message}{'' if message.endswith('.') else '.'}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
     except Abort:
         sys.exit(1)

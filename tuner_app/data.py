@@ -102,7 +102,7 @@ def load_source(source: str) -> Dataset:
 
 def _download(name: str):
     if name not in KERAS_DATASETS:
-        raise UsageError(f"--dataset {name!r}: choose one of {', '.join(DATASETS)}, or give a local copy with --data PATH")
+        raise UsageError(f"--data {name}: neither a dataset name ({', '.join(DATASETS)}) nor a file or folder")
     import keras
 
     try:
@@ -111,7 +111,7 @@ def _download(name: str):
         reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
         raise DataError(
             f"could not download the {name!r} dataset ({reason}); without a network, pass a local copy with "
-            f"--data PATH (an .npz or a directory of the MNIST IDX files), or try --dataset {SAMPLE}"
+            f"--data PATH (an .npz or a directory of the MNIST IDX files), or try --data {SAMPLE}"
         ) from None
     return xtr, ytr.reshape(-1), xte, yte.reshape(-1)
 
@@ -257,7 +257,7 @@ SCALES = ("auto", "255", "none")
 
 
 def check_scale(ds: Dataset, scale: str = "auto") -> None:
-    """Refuse images that `scale` cannot read as pixels (README: "Your data").
+    """Refuse images that `scale` cannot read as pixels (docs/own-model.md "Your data").
 
     `auto` takes 8-bit pixels (integers, or floats, from 0 to 255: divided by 255) and pixels
     already in [0, 1] (kept); anything else (standardised values, 16-bit images) is refused in one

@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -60,7 +61,7 @@ def retrain_best(
     train_limit: int | None = None,
     settled: Settled | None = None,
     progress: Progress | None = None,
-    hypermodel=None,
+    hypermodel: Any = None,
 ) -> dict:
     """Train the best completed trial's model on the whole training set and test it.
 
@@ -76,7 +77,7 @@ def retrain_best(
         settled: The device it trains on (`tuner_app.settle.settle`), stored in retrain.json; None: the CPU.
         progress: Listener for progress events.
         hypermodel: The model to rebuild; None loads what the search recorded (a Python object
-            passed to `run_search` has to be passed again).
+            passed to `search` has to be passed again).
 
     Returns:
         The report written to retrain.json.

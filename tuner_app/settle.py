@@ -8,8 +8,8 @@ the precision and the fold mode, and a resume or a worker adopts them (an explic
 choice is then refused like any changed setting). A KerasTuner chief trains nothing: it hides
 the GPUs from its own backend and decides for its workers from what `nvidia-smi` shows.
 
-Each rule rests on benchmark records of the hardware class it names (README: "Precision",
-"Fused or sequential on the CPU").
+Each rule rests on benchmark records of the hardware class it names (docs/concepts.md: "Precision",
+"When auto fuses"; the records: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def precision_for(requested: str, info: dict) -> str:
     1.3-1.4x faster. On an Intel CPU with AVX512_BF16 but no AMX in sight (a 5th-generation
     Xeon whose VM hides AMX) the `medium` search ran 1.33x slower in bfloat16 under TensorFlow
     and epochs 5-10% slower under PyTorch, so it stays float32, as do JAX on AVX512_BF16
-    (unmeasured) and everything else (README's "Precision").
+    (unmeasured) and everything else (docs/concepts.md "Precision").
 
     Args:
         requested: "auto", "float32" or "mixed".
@@ -98,7 +98,7 @@ def cpu_bf16_faster(backend: str | None) -> bool:
 
 # `--fold-mode auto` under TensorFlow on a CPU: fused once each fold trains at least this many steps (its
 # batches times epochs), by CPU class, each the shortest folds whose records show fused faster there
-# (README: "Fused or sequential on the CPU"); a CPU class without records trains sequentially.
+# (docs/concepts.md "When auto fuses"); a CPU class without records trains sequentially.
 CPU_FUSED_MIN_STEPS = {
     "amd-avx512-bf16": 100,  # fused 0.95 at 150 steps (medium-tensorflow-amd-2026-12-01.json), 1.20 at 19
     "intel-amx": 100,  # fused 0.93 at 150 steps (medium-tensorflow-amx-2026-12-01.json), 1.22 at 19
@@ -139,7 +139,7 @@ def fold_mode_for(asked: str, recorded: dict | None, blocker: str | None, precis
         return recorded["cv"]["fold_mode"], None
     if blocker:
         return "sequential", f"not fused: {blocker}"
-    if precision != "float32":  # (README "Fused folds": in bfloat16 the two paths round apart)
+    if precision != "float32":  # (docs/concepts.md "Fused folds": in bfloat16 the two paths round apart)
         return "sequential", "not fused: fused folds equal sequential ones in float32 only"
     if device == "gpu":
         return "fused", None

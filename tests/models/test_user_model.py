@@ -9,7 +9,7 @@ import pytest
 from conftest import MODELS, run_cli
 
 MODEL = f"{MODELS / 'dense_net.py'}:build"
-SEARCH = ["search", "--model", MODEL, "--dataset", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs",
+SEARCH = ["search", "--model", MODEL, "--data", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs",
           "1", "--quiet"]
 POINTS = [{"units": 32, "second_layer": False}, {"units": 32, "second_layer": True, "second_units": 16},
           {"units": 32, "second_layer": True, "second_units": 32}, {"units": 64, "second_layer": False},
@@ -85,7 +85,7 @@ def test_objective_val_loss_ranks_lowest_first(tmp_path):
 
 def test_a_model_that_fails_while_training_is_a_failed_trial_with_its_traceback(tmp_path):
     model = f"{MODELS / 'broken.py'}:FailsInTraining"
-    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+    proc = run_cli("search", "--model", model, "--data", "mnist-sample", "--train-limit", "200", "--folds", "2",
                    "--epochs", "1", "--directory", tmp_path, "--project", "f", "--quiet")
     assert proc.returncode == 1
     assert "1 trial(s) failed; trial 1: fold 1: RuntimeError: simulated out of memory in the test model" in proc.stderr
@@ -100,7 +100,7 @@ def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it():
     """`tuner-app` (the console script, whose sys.path lacks the working directory) imports
     package.module:NAME from there, as `python -m` would."""
     script = Path(sys.executable).with_name("tuner-app")
-    proc = subprocess.run([script, "search", "--model", "dense_net:build", "--dataset", "mnist-sample", "--dry-run"],
+    proc = subprocess.run([script, "search", "--model", "dense_net:build", "--data", "mnist-sample", "--dry-run"],
                           check=False, cwd=MODELS, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "6 grid points" in proc.stdout
@@ -109,7 +109,7 @@ def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it():
 @pytest.mark.parametrize("fold_mode", ["fused", "sequential"])
 def test_a_failed_trial_says_which_folds_failed_and_the_models_own_error(tmp_path, fold_mode):
     model = f"{MODELS / 'broken.py'}:fails_in_its_training_step"
-    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+    proc = run_cli("search", "--model", model, "--data", "mnist-sample", "--train-limit", "200", "--folds", "2",
                    "--epochs", "1", "--fold-mode", fold_mode, "--directory", tmp_path, "--project", "f", "--quiet")
     assert proc.returncode == 1
     folds = "folds 1, 2 (fused)" if fold_mode == "fused" else "fold 1"

@@ -74,7 +74,7 @@ def test_a_worker_killed_mid_trial_is_restarted_and_its_trial_completed(tmp_path
 
 # --- faults: the launcher never hangs, leaves no process behind, and a rerun resumes ---------------------------
 
-GRID_SEARCH = ["search", "--dataset", "mnist-sample", "--train-limit", "300", "--epochs", "1"]  # 6 points x 5 folds
+GRID_SEARCH = ["search", "--data", "mnist-sample", "--train-limit", "300", "--epochs", "1"]  # 6 points x 5 folds
 
 
 def _launch(directory: Path, *extra: str) -> subprocess.Popen:
@@ -227,7 +227,7 @@ def test_workers_joining_a_chief_elsewhere_complete_the_grid(tmp_path):
     port = str(_free_port())
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port,
            "KERASTUNER_TUNER_ID": "chief", "PYTHONUNBUFFERED": "1"}
-    args = [*SEARCH, "--directory", str(tmp_path), "--project", "w", "--filters", "8,16", "--quiet"]
+    args = [*SEARCH, "--directory", str(tmp_path), "--project", "w", "--grid", "filters=8x16", "--quiet"]
     chief = subprocess.Popen([sys.executable, "-m", "tuner_app", *args], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:

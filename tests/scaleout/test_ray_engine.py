@@ -27,7 +27,7 @@ ray = pytest.importorskip("ray")  # installed with the test extra: `pip install 
 
 # The seed's 6-point grid on a small subset, 3 folds x 1 epoch, one thread per fold (each Ray task
 # trains with --cpus-per-task threads, so the lone search it is compared with does too).
-GRID = ["--dataset", "mnist-sample", "--train-limit", "300", "--folds", "3", "--epochs", "1", "--quiet"]
+GRID = ["--data", "mnist-sample", "--train-limit", "300", "--folds", "3", "--epochs", "1", "--quiet"]
 NOT_COMPARED = ("seconds", "rss_mb", "finished_at")
 
 # Under the two xdist workers one worker runs this file (`--dist loadfile`), one test after another,
@@ -235,7 +235,7 @@ def test_a_task_that_fits_no_node_is_a_usage_error_not_a_wait(tmp_path, ray_env)
 
 def test_fused_folds_on_ray_equal_a_lone_fused_search(tmp_path, ray_env):
     """With --fold-mode fused a trial's pending folds are one task; its records are the lone search's."""
-    grid = [*GRID, "--fold-mode", "fused", "--filters", "16,32", "--filters", "32,64"]
+    grid = [*GRID, "--fold-mode", "fused", "--grid", "filters=16x32,32x64"]
     run_cli("search", *grid, "--threads", "1", "--directory", tmp_path, "--project", "lone", check=True)
     run_cli("search", *grid, "--ray", "--directory", tmp_path, "--project", "ray", check=True)
     assert len(by_point(tmp_path / "ray")) == 4
@@ -328,7 +328,7 @@ def test_a_cluster_lost_under_the_search_ends_it_in_one_line_and_the_rerun_reuse
 
 def test_a_fold_that_raises_on_ray_fails_its_trial_as_in_a_lone_search(tmp_path, ray_env):
     model = f"{MODELS / 'broken.py'}:FailsInTraining"
-    proc = run_cli("search", "--model", model, "--dataset", "mnist-sample", "--train-limit", "200", "--folds", "2",
+    proc = run_cli("search", "--model", model, "--data", "mnist-sample", "--train-limit", "200", "--folds", "2",
                    "--epochs", "1", "--ray", "--directory", tmp_path, "--project", "f", "--quiet")
     assert proc.returncode == 1
     assert "1 trial(s) failed; trial 1: fold 1: RuntimeError: simulated out of memory in the test model" in proc.stderr

@@ -99,8 +99,8 @@ def test_the_reused_fused_model_gives_the_records_of_a_fresh_one(folds_data, tmp
 
 # One grid point, 3 folds, up to 8 epochs, patience 1: fused, one fold stops after its 3rd epoch while another
 # trains on (TensorFlow: to its 8th; as sequential): a trial long enough to be killed with one member done.
-FUSED_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "600", "--folds", "3", "--epochs", "8", "--patience", "1",
-                "--batch-size", "32", "--filters", "16,32", "--learning-rate", "0.001", "--fold-mode", "fused",
+FUSED_SEARCH = ["--data", "mnist-sample", "--train-limit", "600", "--folds", "3", "--epochs", "8", "--patience", "1",
+                "--batch-size", "32", "--grid", "filters=16x32", "--grid", "learning_rate=0.001", "--fold-mode", "fused",
                 "--precision", "float32", "--quiet"]
 
 
@@ -149,7 +149,7 @@ def test_sigkill_in_the_middle_of_a_fused_trial_with_a_member_stopped_early_then
 def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsys):
     from conftest import MODELS, run_cli_here
 
-    code, err = run_cli_here(capsys, "search", "--model", f"{MODELS / 'own_step.py'}:build", "--dataset",
+    code, err = run_cli_here(capsys, "search", "--model", f"{MODELS / 'own_step.py'}:build", "--data",
                              "mnist-sample", "--fold-mode", "fused", "--directory", tmp_path, "--quiet")
     assert code == 2 and "--fold-mode fused" in err and "train_step" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
@@ -158,7 +158,7 @@ def test_fold_mode_fused_on_a_model_that_cannot_is_a_usage_error(tmp_path, capsy
 def test_auto_says_why_it_did_not_fuse(tmp_path):
     from conftest import MODELS
 
-    proc = run_cli("search", "--model", f"{MODELS / 'own_step.py'}:build", "--dataset", "mnist-sample", "--directory",
+    proc = run_cli("search", "--model", f"{MODELS / 'own_step.py'}:build", "--data", "mnist-sample", "--directory",
                    tmp_path, "--dry-run", check=True)
     assert "sequential (not fused: it has its own train_step())" in proc.stdout
 

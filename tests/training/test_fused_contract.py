@@ -114,7 +114,7 @@ def test_every_member_trains_as_its_sequential_fold(small_dataset, case, size, o
 def test_in_bfloat16_fused_members_train_on_uneven_folds_with_batchnorm(small_dataset, tmp_path):
     """In mixed bfloat16 (where TensorFlow's oneDNN pooling aborted the process on an empty batch) the fused
     members train on uneven folds with BatchNorm. Their records are not compared: in bfloat16 the two paths
-    round apart from the first step on (README "Fused folds"; `auto` fuses in float32 only)."""
+    round apart from the first step on (docs/concepts.md "Fused folds"; `auto` fuses in float32 only)."""
     hypermodel, point, _ = CASES["batchnorm_dropout_l2_global_clipnorm"]
     n = SIZES["uneven"]
     x, y = scale_images(small_dataset.x_train[:n]), one_hot(small_dataset.y_train[:n], 10)

@@ -14,8 +14,8 @@ from tuner_app.runtime import files
 pytestmark = pytest.mark.backend_independent  # CI runs it in the TensorFlow pass only (README: Tests)
 
 # Two points x 2 folds x 2 epochs: long enough to stop in the middle, short to finish.
-SHORT_SEARCH = ["--dataset", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs", "2",
-                "--filters", "16,32", "--learning-rate", "0.01", "--learning-rate", "0.001", "--quiet"]
+SHORT_SEARCH = ["--data", "mnist-sample", "--train-limit", "300", "--folds", "2", "--epochs", "2",
+                "--grid", "filters=16x32", "--grid", "learning_rate=0.01,0.001", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +114,15 @@ def test_a_second_search_on_the_same_project_is_refused(tmp_path):
 def test_a_stale_lock_does_not_block(tmp_path):
     (tmp_path / ".p.lock").write_text("999999")  # left by a process that died
     proc = run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
-                   "--filters", "8,16", "--learning-rate", "0.01", "--directory", tmp_path, "--project", "p", "-q")
+                   "--grid", "filters=8x16", "--grid", "learning_rate=0.01", "--directory", tmp_path, "--project", "p", "-q")
     assert proc.returncode == 0, proc.stderr
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     directory = tmp_path_factory.mktemp("finished")
-    run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1", "--filters", "8,16",
-            "--learning-rate", "0.01", "--learning-rate", "0.001", "--directory", directory, "--project", "p", "-q",
+    run_cli("search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1", "--grid", "filters=8x16",
+            "--grid", "learning_rate=0.01,0.001", "--directory", directory, "--project", "p", "-q",
             check=True)
     return directory
 
@@ -144,7 +144,7 @@ def test_damaged_state_is_named_and_nothing_is_deleted(finished, tmp_path, damag
     damage(directory / "p")
     before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
     for command in (["search", "--data", MNIST_SAMPLE, "--train-limit", "100", "--folds", "2", "--epochs", "1",
-                     "--filters", "8,16", "--learning-rate", "0.01", "--learning-rate", "0.001", "-q"],
+                     "--grid", "filters=8x16", "--grid", "learning_rate=0.01,0.001", "-q"],
                     ["results"]):
         proc = run_cli(*command, "--directory", directory, "--project", "p")
         if command == ["results"] and not results_fails:
@@ -156,3 +156,19 @@ def test_damaged_state_is_named_and_nothing_is_deleted(finished, tmp_path, damag
     assert after == before  # the lock file included
 
 
+
+
+def test_a_project_made_with_the_old_option_names_resumes_with_the_new_ones(tmp_path):
+    """`--dataset`, `--filters`, `--learning-rate` and `--mixed-precision` (hidden now) made projects that
+    `--data`, `--grid` and `--precision mixed` resume: same settings, no fold trained again."""
+    old = ["--dataset", "mnist-sample", "--train-limit", "100", "--folds", "2", "--epochs", "1", "--filters", "8,16",
+           "--learning-rate", "0.01", "--learning-rate", "0.001", "--mixed-precision"]
+    new = ["--data", "mnist-sample", "--train-limit", "100", "--folds", "2", "--epochs", "1", "--grid", "filters=8x16",
+           "--grid", "learning_rate=0.01,0.001", "--precision", "mixed"]
+    run_cli("search", *old, "-d", tmp_path, "-p", "p", "-q", check=True)
+    folds = fold_records(tmp_path / "p")
+    assert len(folds) == 4
+    again = run_cli("search", *new, "-d", tmp_path, "-p", "p", check=True)
+    assert fold_records(tmp_path / "p") == folds and "best:" in again.stdout
+    changed = run_cli("search", *new[:-1], "float32", "-d", tmp_path, "-p", "p", "-q")  # and a real change is refused
+    assert changed.returncode == 2 and "other settings" in changed.stderr

@@ -2,8 +2,9 @@
 
 Its hyperparameters are `filters` (the two convolutions' filter counts, "16,32"),
 `learning_rate` and `dense_units`, declared in the notebook's loop order, so the grid is
-enumerated as the notebook loops (filters outermost). `--filters`, `--learning-rate` and
-`--dense-units` replace their values (`grid_overrides`).
+enumerated as the notebook loops (filters outermost). `--grid filters=16x32,32x64` replaces the
+pairs (written AxB, or as a JSON list of "A,B"); the old `--filters`, `--learning-rate` and
+`--dense-units` still do (`grid_overrides`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import keras
 import keras_tuner
 from keras import layers
 
-from tuner_app.errors import SettingError
+from tuner_app.errors import SettingError, UsageError
 from tuner_app.models import Preset
 
 FILTERS = ("16,32", "32,64", "64,128")
@@ -30,8 +31,28 @@ def parse_filters(text: str) -> tuple[int, int]:
     except ValueError:
         pair = ()
     if len(pair) != 2 or min(pair) < 1:
-        raise SettingError("filters", text, "give two positive integers, the filters of conv 1 and conv 2, e.g. 32,64")
+        raise SettingError("filters", text, "give two positive integers, the filters of conv 1 and conv 2, e.g. 32x64")
     return pair  # type: ignore[return-value]
+
+
+def seed_grid(overrides: dict[str, list]) -> dict[str, list]:
+    """`--grid` values for this model, checked as the old options were: filter pairs as the grid stores
+    them ("16x32" -> "16,32"), positive learning rates and dense units. A value of the wrong type is
+    left for the grid's own check, which names its type."""
+    checked = dict(overrides)
+    for name, kind, key in (("filters", str, "filters"), ("learning_rate", float, "learning_rates"),
+                            ("dense_units", int, "dense_units")):
+        values = []
+        for value in overrides.get(name, []):
+            try:
+                values += grid_overrides(**{key: [kind(value)]})[name]
+            except (TypeError, ValueError):
+                values.append(value)
+            except SettingError as e:
+                raise UsageError(f"--grid {name}={value}: {e.rule}") from None
+        if name in overrides:
+            checked[name] = values
+    return checked
 
 
 def grid_overrides(filters=None, learning_rates=None, dense_units=None) -> dict[str, list]:

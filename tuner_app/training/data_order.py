@@ -205,7 +205,7 @@ def validation_batch_size(batch_size: int, sample_shape) -> int:
     up to `VALIDATION_ROWS` rows and `VALIDATION_VALUES` input values, never fewer than a training
     batch. A pass's metrics are those of any other batch size up to float rounding (they are means
     over its rows). On a CPU a pass ran 5-15% faster at 256 rows than at 128 and 1.1-2.4x faster than
-    at 32, little faster beyond (`benchmarks/eval_batch.py`, README "Validation batches"); on a GPU
+    at 32, little faster beyond (`benchmarks/eval_batch.py`, docs/benchmarks.md); on a GPU
     it takes half the steps of 128-row batches."""
     per_row = max(1, math.prod(int(d) for d in sample_shape))
     return max(batch_size, min(VALIDATION_ROWS, VALIDATION_VALUES // per_row))

@@ -1,6 +1,6 @@
 """The fused model: K fold models ("members") side by side, trained by one compiled step.
 
-The contract (README "Fused folds"; `tests/training/test_fused_contract.py` holds it, fold by fold, under
+The contract (docs/concepts.md "Fused folds"; `tests/training/test_fused_contract.py` holds it, fold by fold, under
 every backend): a member trains exactly as its sequential fold does. It shares the step with
 the others and nothing else:
 

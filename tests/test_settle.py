@@ -109,7 +109,7 @@ def test_auto_fold_mode_is_fused_on_a_gpu_and_on_a_cpu_for_folds_as_long_as_its_
         assert decide_fold_mode(plan(short_or_long, precision), device="gpu") == ("fused", None)
     for where in ("cpu", "gpu"):  # in bfloat16 fused and sequential folds round apart: not picked
         assert decide_fold_mode(plan(epochs, "mixed_bfloat16"), device=where) == (
-            "sequential", "not fused: fused folds equal sequential ones in float32 only")
+            "sequential", "not fused: fused folds are exact in float32 only")
     if tensorflow and least is None:
         assert decide_fold_mode(plan(200, "float32"), device="cpu")[1] == "not fused: no record of this CPU class"
     # a resumed project keeps its own; an explicit choice is taken as given

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner_app.config import CVConfig, RayConfig, RetrainConfig, Settled, parse_grid_option
-from tuner_app.errors import TunerAppError, UsageError, failed_fold_line
+from tuner_app.errors import TunerAppError, UsageError, failed_fold_line, rerun
 from tuner_app.runtime import files
 from tuner_app.runtime.progress import Progress, plural
 from tuner_app.tuning import state
@@ -129,7 +129,7 @@ def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
     # A Ray driver trains nothing: it decides device and precision for the tasks, as a chief does.
     settled = settle.settle(r.backend, r.device, r.precision, "chief" if r.ray else this_role, recorded, r.threads)
     settled = dataclasses.replace(settled, role=this_role)
-    from tuner_app.data import load_dataset
+    from tuner_app.data import describe, load_dataset
     from tuner_app.models.seed import grid_overrides, seed_grid
     from tuner_app.tuning.plan import fold_steps, plan_search
 
@@ -147,8 +147,9 @@ def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
     where = "serving the oracle for workers on" if settled.role == "chief" else "on"
     if r.ray:
         where = f"on Ray ({r.ray.address or os.environ.get('RAY_ADDRESS') or 'local'}), tasks on"
-    header = (f"model {loaded.spec}; backend {settled.backend} {where} {settled.device}, {cv.precision}; "
-              f"{plural(len(plan.grid), 'grid point')} x {cv.folds} folds, {settled.describe_fold_mode()}")
+    header = (f"model {loaded.spec}; data {describe(plan.dataset, plan.scale)}; backend {settled.backend} {where} "
+              f"{settled.device}, {settled.describe_precision()}; {plural(len(plan.grid), 'grid point')} x "
+              f"{cv.folds} folds, {settled.describe_fold_mode()}")
     return Prepared(plan, settled, pdir, header)
 
 
@@ -285,7 +286,7 @@ def _failure_hint(tuner: CVTuner) -> str:
     lines = [line.strip() for line in (t.message or "").splitlines() if line.strip()]
     what = failed_fold_line(t.message or "") or (lines[-1:] or ["unknown error"])[-1]
     where = Path(tuner.get_trial_dir(t.trial_id)) / state.TRIAL_FILE
-    return f"trial {t.trial_id}: {what} (full traceback in {where}); rerun the same command to retry it"
+    return f"trial {t.trial_id}: {what} (full traceback in {where}); {rerun('retry it')}"
 
 
 def search(dataset: Any, hypermodel: Any = "seed", grid: dict[str, list] | None = None, cv: CVConfig | None = None,

@@ -22,7 +22,16 @@ from typer.exceptions import Abort, TyperException
 
 from tuner_app import api, results
 from tuner_app.data import DATASETS
-from tuner_app.errors import DataWarning, SearchInterrupted, SettingError, TunerAppError, UsageError
+from tuner_app.data import describe as describe_data
+from tuner_app.errors import (
+    DataWarning,
+    SearchInterrupted,
+    SettingError,
+    TunerAppError,
+    UsageError,
+    remember_command,
+    rerun,
+)
 from tuner_app.runtime.progress import describe, plural
 
 app = typer.Typer(
@@ -83,9 +92,10 @@ DirectoryOpt = Annotated[Path, typer.Option("--directory", "-d", rich_help_panel
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", rich_help_panel=PROJECT, help="Project name: state lives in DIRECTORY/PROJECT.")]
 DeviceOpt = Annotated[Device, typer.Option(rich_help_panel=DEVICE, help="auto: a GPU if the backend sees one; gpu: fail without one; cpu: hide GPUs.")]
 BackendOpt = Annotated[Backend | None, typer.Option(rich_help_panel=DEVICE, show_default="$KERAS_BACKEND, else tensorflow", help="Keras backend.")]
-MixedOpt = Annotated[bool, typer.Option("--mixed-precision", hidden=True, help="The old name of --precision mixed.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=PROJECT, help="No progress output (for scripts).")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", rich_help_panel=DEVICE, show_default="all cores", help="CPU threads for training (--workers splits them).")]
+MixedOpt = Annotated[bool, typer.Option("--mixed-precision", metavar="", hidden=True, help="The old name of --precision mixed.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", rich_help_panel=PROJECT, help="No progress output (for scripts).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", rich_help_panel=DEVICE, show_default="all cores", help="CPU threads for training.")]
+SearchThreadsOpt = Annotated[int | None, typer.Option("--threads", rich_help_panel=DEVICE, show_default="all cores", help="CPU threads for training (--workers splits them).")]
 
 
 def _version(value: bool) -> None:
@@ -113,13 +123,13 @@ EpochsOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default=
 BatchSizeOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default="128, or the model's", help="Batch size.")]
 PatienceOpt = Annotated[int | None, typer.Option(rich_help_panel=CV, show_default="3, or the model's", help="EarlyStopping patience on the objective (best weights restored).")]
 FoldModeOpt = Annotated[FoldMode, typer.Option(rich_help_panel=DEVICE, help="fused: a trial's folds train together, each exactly as alone; auto decides (docs: Concepts).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", rich_help_panel=PROJECT, help="Delete the project's earlier state and start over.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", metavar="", rich_help_panel=PROJECT, help="Delete the project's earlier state and start over.")]
 SearchPrecisionOpt = Annotated[Precision | None, typer.Option(rich_help_panel=DEVICE, show_default="auto", help="mixed: bfloat16 maths, float32 weights; auto: mixed where it was measured faster.")]
-TensorboardOpt = Annotated[bool, typer.Option("--tensorboard", rich_help_panel=PROJECT, help="Write TensorBoard logs per trial and fold to DIRECTORY/PROJECT/tensorboard.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel=PROJECT, help="List the grid points and stop; writes nothing.")]
+TensorboardOpt = Annotated[bool, typer.Option("--tensorboard", metavar="", rich_help_panel=PROJECT, help="Write TensorBoard logs per trial and fold to DIRECTORY/PROJECT/tensorboard.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", metavar="", rich_help_panel=PROJECT, help="List the grid points and stop; writes nothing.")]
 WorkersOpt = Annotated[int | None, typer.Option(rich_help_panel=SCALEOUT, show_default=False, help="Run a KerasTuner chief and N worker processes on this host.")]
 ChiefOpt = Annotated[str | None, typer.Option(metavar="HOST:PORT", rich_help_panel=SCALEOUT, show_default=False, help="With --workers: start only the workers, joining this chief.")]
-RayOpt = Annotated[bool, typer.Option("--ray", rich_help_panel=SCALEOUT, help="Run folds as Ray tasks (--ray-address, else $RAY_ADDRESS, else a local Ray); needs the ray extra.")]
+RayOpt = Annotated[bool, typer.Option("--ray", metavar="", rich_help_panel=SCALEOUT, help="Run folds as Ray tasks (--ray-address, else $RAY_ADDRESS, else a local Ray); needs the ray extra.")]
 RayAddressOpt = Annotated[str | None, typer.Option(rich_help_panel=SCALEOUT, show_default=False, help="With --ray: the cluster's address (HOST:6379, ray://HOST:10001, auto).")]
 CpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1", help="With --ray: CPU cores each fold task reserves and trains with.")]
 GpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1 on a GPU, else 0", help="With --ray: GPUs each fold task reserves (a fraction shares one).")]
@@ -195,7 +205,7 @@ def search(
     backend: BackendOpt = None,
     precision: SearchPrecisionOpt = None,
     fold_mode: FoldModeOpt = FoldMode.auto,
-    threads: ThreadsOpt = None,
+    threads: SearchThreadsOpt = None,
     workers: WorkersOpt = None,
     chief: ChiefOpt = None,
     ray: RayOpt = False,
@@ -232,9 +242,10 @@ def _search(request: api.SearchRequest, dry_run: bool, quiet: bool) -> None:
     plan, cv = prepared.plan, prepared.plan.cv
     if dry_run:
         out.print(results.grid_table(plan.grid.points, plan.grid.names, api.grid_params(prepared)))
+        out.print(f"data {describe_data(plan.dataset, plan.scale)}")
         out.print(f"{plural(len(plan.grid), 'point')} x {cv.folds} folds x up to {plural(cv.epochs, 'epoch')}, "
-                  f"{prepared.settled.describe_fold_mode()}, {cv.precision}; objective {cv.objective} ({cv.direction}); "
-                  f"labels {plan.check.label_form}; nothing was written")
+                  f"{prepared.settled.describe_fold_mode()}, {prepared.settled.describe_precision()}; objective "
+                  f"{cv.objective} ({cv.direction}); labels {plan.check.label_form}; nothing was written")
         return
     try:
         api.run_prepared(prepared, request, _progress(quiet, prepared.header))
@@ -242,7 +253,7 @@ def _search(request: api.SearchRequest, dry_run: bool, quiet: bool) -> None:
         signum = e.signum if isinstance(e, SearchInterrupted) else signal.SIGINT
         done = results.completed_trials(prepared.pdir)
         err.print(f"interrupted ({signal.Signals(signum).name}): {done}/{len(plan.grid)} trials complete, finished "
-                  "folds are kept; rerun the same command to resume", soft_wrap=True)
+                  f"folds are kept; {rerun('resume')}", soft_wrap=True)
         raise typer.Exit(128 + signum) from None
     if not quiet:
         _show(request.directory, request.project)
@@ -384,6 +395,7 @@ _default_showwarning = warnings.showwarning
 def main() -> None:
     """Entry point: run the app, turning expected errors into one line and an exit code."""
     warnings.showwarning = _show_warning
+    remember_command(sys.argv[1:])
     try:
         code = app(prog_name="tuner-app", standalone_mode=False)
     except TyperException as e:  # typer's (vendored click's) usage errors

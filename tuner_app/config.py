@@ -183,6 +183,10 @@ class Settled:
     why: str | None = None
     role: str | None = None
 
+    def describe_precision(self) -> str:
+        """The search's precision as the header says it (the final model trains in float32 unless asked)."""
+        return "float32" if self.precision == "float32" else f"{self.precision} (retrain-best: float32 unless asked)"
+
     def describe_fold_mode(self) -> str:
         """The fold mode as the header says it, e.g. "sequential (not fused: ...)"."""
         return f"{self.fold_mode} ({self.why})" if self.why else str(self.fold_mode)

@@ -278,14 +278,26 @@ def check_scale(ds: Dataset, scale: str = "auto") -> None:
                              "nor [0, 1]; give --scale none to train on them as they are, or rescale them to 0..255")
 
 
+def divides_by_255(x: np.ndarray, scale: str = "auto") -> bool:
+    """Whether `scale_images` divides these images by 255 (see `check_scale`)."""
+    return scale == "255" or (scale == "auto" and (np.issubdtype(x.dtype, np.integer) or float(x.max()) > 1.0))
+
+
+def describe(ds: Dataset, scale: str = "auto") -> str:
+    """The data as a search's header says it, e.g. "mnist-sample: 1,000 training images 28x28x1, 10 classes, pixels / 255"."""
+    pixels = "pixels / 255" if divides_by_255(ds.x_train, scale) else "pixels as they are"
+    shape = "x".join(map(str, ds.input_shape))
+    return f"{Path(ds.source).name}: {len(ds.y_train):,} training images {shape}, {ds.num_classes} classes, {pixels}"
+
+
 def scale_images(x: np.ndarray, scale: str = "auto") -> np.ndarray:
     """Images as float32 with a channel axis, scaled as `check_scale` describes: under `auto`,
     integers are divided by 255, floats kept when already in [0, 1] and divided by 255 otherwise."""
-    integer = np.issubdtype(x.dtype, np.integer)
+    divide = divides_by_255(x, scale)
     x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., None]
-    if scale == "255" or (scale == "auto" and (integer or x.max() > 1.0)):
+    if divide:
         x /= 255.0
     return x
 

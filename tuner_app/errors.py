@@ -6,6 +6,22 @@ anything else is a bug and keeps its traceback.
 
 import contextlib
 import re
+import shlex
+
+_command: list[str] = []  # the command line this process runs (set by the CLI), for the advice to rerun it
+
+
+def remember_command(argv: list[str]) -> None:
+    """The CLI's arguments (after the program's name), for `rerun`."""
+    _command[:] = ["tuner-app", *argv]
+
+
+def rerun(to: str) -> str:
+    """Advice that can be followed literally: "rerun the same command to resume", or, when that command
+    has --overwrite (rerun as it is, it would delete what it should resume), the command without it."""
+    if "--overwrite" in _command:
+        return f"rerun without --overwrite to {to}: {shlex.join(a for a in _command if a != '--overwrite')}"
+    return f"rerun the same command to {to}"
 
 
 class TunerAppError(Exception):

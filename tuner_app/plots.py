@@ -67,6 +67,8 @@ def results_figure(results: list[dict]):
 def plot_history(history: dict, path: str | Path) -> Path:
     """Train/validation accuracy and loss per epoch of the retrained model."""
     plt = _figure()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, key in ((acc, "accuracy"), (loss, "loss")):
@@ -76,6 +78,7 @@ def plot_history(history: dict, path: str | Path) -> Path:
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s--", label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -99,8 +99,8 @@ def grid_table(points: list[dict], names: list[str], params: list[int] | None = 
 
 
 def to_json(results: list[dict]) -> str:
-    """The ranking as a JSON list (one object per trial, fold records included)."""
-    return json.dumps(results, indent=1)
+    """The ranking as a JSON list (one object per trial, its rank first, fold records included)."""
+    return json.dumps([{"rank": rank, **r} for rank, r in enumerate(results, start=1)], indent=1)
 
 
 def to_csv(results: list[dict]) -> str:

@@ -140,7 +140,7 @@ def fold_mode_for(asked: str, recorded: dict | None, blocker: str | None, precis
     if blocker:
         return "sequential", f"not fused: {blocker}"
     if precision != "float32":  # (docs/concepts.md "Fused folds": in bfloat16 the two paths round apart)
-        return "sequential", "not fused: fused folds equal sequential ones in float32 only"
+        return "sequential", "not fused: fused folds are exact in float32 only"
     if device == "gpu":
         return "fused", None
     if ray:

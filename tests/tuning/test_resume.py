@@ -4,6 +4,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 
 import pytest
@@ -77,22 +78,32 @@ def test_sigkill_five_times_at_random_moments_then_resume(tmp_path, uninterrupte
     assert [t["hyperparameters"] for t in final] == [t["hyperparameters"] for t in uninterrupted]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_stop_cleanly_and_resume(tmp_path, sig):
+@pytest.mark.parametrize("sig, overwrite", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_sigterm_and_ctrl_c_stop_cleanly_and_resume_by_the_advice_as_written(tmp_path, sig, overwrite):
+    """The interrupt line's advice, followed literally, resumes; a search started with --overwrite names
+    the command without it (rerun as it was, it would delete the finished folds)."""
+    import shlex
+    import sys
+
     pdir = tmp_path / "p"
-    proc = start_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p")
+    proc = start_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p", *["--overwrite"] * overwrite)
     wait_for(lambda: pdir.exists() and len(fold_records(pdir)) >= 1, proc=proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err
-    assert f"interrupted ({signal.Signals(sig).name})" in err and "rerun the same command to resume" in err
-    assert "Traceback" not in err
+    assert f"interrupted ({signal.Signals(sig).name})" in err and "Traceback" not in err
     before = fold_records(pdir)
     assert before
     shown = run_cli("results", "--directory", tmp_path, "--project", "p", check=True).stdout
     if len(before) == 1:  # the stopped trial: unfinished, not "running" (nothing runs now)
         assert "unfinished (1/2 folds)" in shown and "running" not in shown, shown
-    run_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
+    if overwrite:
+        command = shlex.split(err.split("rerun without --overwrite to resume: ", 1)[1].strip())
+        assert command[0] == "tuner-app" and "--overwrite" not in command
+        subprocess.run([sys.executable, "-m", "tuner_app", *command[1:]], check=True, capture_output=True)
+    else:
+        assert "rerun the same command to resume" in err
+        run_cli("search", *SHORT_SEARCH, "--directory", tmp_path, "--project", "p", check=True)
     after = fold_records(pdir)
     assert len(after) == 4 and all(after[k] == r for k, r in before.items())
 

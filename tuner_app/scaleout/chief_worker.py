@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from tuner_app.errors import UsageError
+from tuner_app.errors import UsageError, rerun
 from tuner_app.runtime import interrupts
 from tuner_app.runtime.hardware import visible_gpus
 
@@ -240,7 +240,7 @@ def _wait_for_chief(host: str, port: int, chief: _Proc | None, stopping: list[in
             return None
         time.sleep(0.2)
     _say(f"error: the chief at {host}:{port} did not answer within {CHIEF_START_S:.0f} s; stopped the search "
-         "(rerun the same command to resume)")
+         f"({rerun('resume')})")
     return 1
 
 
@@ -258,7 +258,7 @@ def _supervise(procs: list[_Proc], host: str, port: int, stopping: list[int]) ->
             silent_since = None if answers(host, port, timeout=1.0) else silent_since or time.monotonic()
             if silent_since and time.monotonic() - silent_since > CHIEF_LOST_S:
                 _say(f"error: the chief at {host}:{port} has not answered for {CHIEF_LOST_S:.0f} s; stopped the "
-                     "workers (rerun to resume)")
+                     f"workers ({rerun('resume')})")
                 return 1
             if all(w.code == 0 for w in workers):
                 return 0
@@ -273,7 +273,7 @@ def _supervise(procs: list[_Proc], host: str, port: int, stopping: list[int]) ->
                 continue
             if code < 0:
                 _say(f"error: {w.name} was killed {w.restarts + 1} times (signal {-code}); stopped the search, "
-                     "finished folds are kept (rerun the same command to resume)")
+                     f"finished folds are kept ({rerun('resume')})")
                 return 1
             _say(f"error: {w.name} {_exit_reason(code)}; stopped the search (see its lines above)")
             return code
@@ -284,7 +284,7 @@ def _chief_ended(chief: _Proc, workers: list[_Proc]) -> int:
     code = chief.code
     if code != 0:
         _say(f"error: the chief {_exit_reason(code)}; stopped the workers, finished folds are kept "
-             "(rerun the same command to resume)")
+             f"({rerun('resume')})")
         return 1 if code < 0 else code
     end = time.monotonic() + END_GRACE_S  # the search is complete: workers see the end and exit
     while time.monotonic() < end and any(w.code is None for w in workers):

@@ -22,7 +22,7 @@ import threading
 import time
 
 from tuner_app.config import RayConfig
-from tuner_app.errors import TunerAppError, UsageError
+from tuner_app.errors import TunerAppError, UsageError, rerun
 from tuner_app.runtime import interrupts
 from tuner_app.scaleout import exit_notice, ray_leftovers
 
@@ -77,8 +77,8 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
 
 
 def _lost(address: str, why: str) -> TunerAppError:
-    return TunerAppError(f"lost the Ray cluster at {address}: {why}; the folds that finished are kept: rerun the same "
-                         "command once the cluster is back")
+    return TunerAppError(f"lost the Ray cluster at {address}: {why}; the folds that finished are kept: once the "
+                         f"cluster is back, {rerun('resume')}")
 
 
 def _watch_last_line(address: str) -> None:
@@ -118,7 +118,7 @@ def check_local_ray() -> None:
         return
     if stopped:
         raise TunerAppError(f"the local Ray stopped under the search ({', '.join(stopped)} exited); the folds that "
-                            "finished are kept: rerun the same command to resume")
+                            f"finished are kept: {rerun('resume')}")
 
 
 class ClusterWatch(threading.Thread):

@@ -188,6 +188,8 @@ def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = stored.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += differences(a, b, f"{prefix}{key}.")
+        elif a != b and key == "sha256" and (new.get("file") or stored.get("file")):  # an edited model file
+            diffs.append(f"the model file {Path(new.get('file') or stored.get('file')).name} changed since the search")
         elif a != b and key not in ("source", "file"):
             diffs.append(f"{prefix}{key}: {a} -> {b}")
     return diffs

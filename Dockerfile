@@ -13,7 +13,7 @@ WORKDIR /opt/tuner-app
 COPY pyproject.toml README.md ./
 COPY tuner_app ./tuner_app
 # TensorFlow comes from the base image; pip keeps it because it satisfies the pin. Ray (the [ray]
-# extra) lets the same image run the search on a Ray cluster (deploy/kubernetes/raycluster.yaml).
+# extra) lets the same image run the search on a Ray cluster (deploy/kubernetes/rayjob.yaml).
 # DL3013 takes the project itself (".[ray]") for an unpinned package; its pins are in pyproject.toml.
 # hadolint ignore=DL3013
 RUN python -m pip install --no-cache-dir ".[ray]" \

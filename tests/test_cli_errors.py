@@ -63,6 +63,7 @@ CASES = [
      "--project 'a/b': use letters, digits, '.', '_' and '-' only (no path separators or '..')"),
     ("project with ..", ["--project", ".."], "--project '..'"),
     ("unknown device", ["--device", "tpu"], "--device"),
+    ("a stall timeout without --ray", ["--ray-stall-timeout", "60"], "--ray-stall-timeout belongs to --ray"),
     ("unknown precision", ["--precision", "fp8"], "--precision"),
     ("two precisions (the old --mixed-precision)", ["--mixed-precision", "--precision=float32"], "disagree"),
     ("unknown dataset", ["--data", "imagenet"], "--data imagenet: neither a dataset name (mnist, fashion_mnist"),

@@ -72,52 +72,6 @@ def test_compose_has_a_chief_and_workers_each_on_its_own_gpu_that_docker_does_no
 
 
 # --- Kubernetes (KubeRay) files for `search --ray` ---------------------------------------------
-K8S = ROOT / "deploy" / "kubernetes"
-
-
-def _k8s_documents(name: str) -> list[dict]:
-    import yaml
-
-    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
-
-
-def test_kubernetes_volumes_validate_strictly():
-    import kubernetes_validate
-
-    for doc in _k8s_documents("volumes.yaml"):
-        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
-
-
-def test_the_raycluster_pods_validate_strictly_and_match_the_image_and_volumes():
-    """KubeRay's CRD is not in kubernetes-validate's schemas: each group's pod template is checked
-    strictly as a Kubernetes PodTemplate, the RayCluster's own fields by KubeRay's rules."""
-    import kubernetes_validate
-
-    (cluster,) = _k8s_documents("raycluster.yaml")
-    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
-    spec = cluster["spec"]
-    assert set(spec) <= {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling",
-                         "autoscalerOptions", "suspend", "headServiceAnnotations"}
-    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
-    for group in groups:
-        assert all(isinstance(v, str) for v in group["rayStartParams"].values())  # KubeRay: strings only
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                                      "template": group["template"]}, kubernetes_validate.latest_version(),
-                                     strict=True)
-    for worker in spec["workerGroupSpecs"]:
-        assert set(worker) <= {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
-                               "numOfHosts", "scaleStrategy", "suspend", "idleTimeoutSeconds"}
-        assert worker["minReplicas"] <= worker["replicas"] <= worker["maxReplicas"]
-        (container,) = worker["template"]["spec"]["containers"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
-    assert [f"ray>={spec['rayVersion'].removesuffix('.0')}"] == extra  # the Ray the image installs
-    images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
-    assert images == {"tuner-app:latest"}
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["headGroupSpec"]["template"]["spec"]["volumes"]}
-    assert claims == {d["metadata"]["name"] for d in _k8s_documents("volumes.yaml")}
-    mounts = {m["mountPath"] for m in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
-    assert "/work/tuning_dirs" in mounts and "/work/tuning_dirs" in DOCKERFILE  # the image's tuning_dirs volume
 
 
 def test_the_image_installs_ray():

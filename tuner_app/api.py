@@ -97,17 +97,20 @@ def launch(argv: list[str], workers: int, quiet: bool, chief: str | None) -> int
 
 
 def ray_config(ray: bool, address: str | None = None, cpus_per_task: float | None = None,
-               gpus_per_task: float | None = None, workers: int | None = None) -> RayConfig | None:
+               gpus_per_task: float | None = None, workers: int | None = None,
+               stall_timeout: float | None = None) -> RayConfig | None:
     """The RayConfig of `--ray` (None without it); its options only with it."""
     if not ray:
         given = [o for o, v in (("--ray-address", address), ("--cpus-per-task", cpus_per_task),
-                                ("--gpus-per-task", gpus_per_task)) if v is not None]
+                                ("--gpus-per-task", gpus_per_task), ("--ray-stall-timeout", stall_timeout))
+                 if v is not None]
         if given:
             raise UsageError(f"{given[0]} belongs to --ray: add --ray, or drop it")
         return None
     if workers is not None:
         raise UsageError("--ray and --workers are two engines: pick one (docs: Scale-out)")
-    return RayConfig(address, 1.0 if cpus_per_task is None else cpus_per_task, gpus_per_task)
+    optional = {"stall_timeout": stall_timeout} if stall_timeout is not None else {}
+    return RayConfig(address, 1.0 if cpus_per_task is None else cpus_per_task, gpus_per_task, **optional)
 
 
 def prepare(request: SearchRequest, dry_run: bool = False) -> Prepared:
@@ -286,7 +289,8 @@ def _failure_hint(tuner: CVTuner) -> str:
     lines = [line.strip() for line in (t.message or "").splitlines() if line.strip()]
     what = failed_fold_line(t.message or "") or (lines[-1:] or ["unknown error"])[-1]
     where = Path(tuner.get_trial_dir(t.trial_id)) / state.TRIAL_FILE
-    return f"trial {t.trial_id}: {what} (full traceback in {where}); {rerun('retry it')}"
+    detail = "full traceback" if len(lines) > 1 else "recorded"
+    return f"trial {t.trial_id}: {what} ({detail} in {where}); {rerun('retry it')}"
 
 
 def search(dataset: Any, hypermodel: Any = "seed", grid: dict[str, list] | None = None, cv: CVConfig | None = None,

@@ -132,6 +132,7 @@ ChiefOpt = Annotated[str | None, typer.Option(metavar="HOST:PORT", rich_help_pan
 RayOpt = Annotated[bool, typer.Option("--ray", metavar="", rich_help_panel=SCALEOUT, help="Run folds as Ray tasks (--ray-address, else $RAY_ADDRESS, else a local Ray); needs the ray extra.")]
 RayAddressOpt = Annotated[str | None, typer.Option(rich_help_panel=SCALEOUT, show_default=False, help="With --ray: the cluster's address (HOST:6379, ray://HOST:10001, auto).")]
 CpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1", help="With --ray: CPU cores each fold task reserves and trains with.")]
+StallTimeoutOpt = Annotated[float | None, typer.Option("--ray-stall-timeout", metavar="SECONDS", rich_help_panel=SCALEOUT, show_default="600", help="With --ray: stop when no fold task starts or finishes for this long.")]
 GpusPerTaskOpt = Annotated[float | None, typer.Option(rich_help_panel=SCALEOUT, show_default="1 on a GPU, else 0", help="With --ray: GPUs each fold task reserves (a fraction shares one).")]
 
 
@@ -178,7 +179,8 @@ def _argv(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
 def _request(options: dict, workers: int | None = None) -> api.SearchRequest:
     """The search command's options as an `api.SearchRequest`."""
     o = dict(options)
-    ray = api.ray_config(o.pop("ray"), o.pop("ray_address"), o.pop("cpus_per_task"), o.pop("gpus_per_task"), workers)
+    ray = api.ray_config(o.pop("ray"), o.pop("ray_address"), o.pop("cpus_per_task"), o.pop("gpus_per_task"), workers,
+                         o.pop("ray_stall_timeout"))
     precision = _precision(o.pop("precision"), o.pop("mixed_precision"), "auto")
     for name in ("device", "backend", "fold_mode", "scale"):
         o[name] = o[name].value if isinstance(o[name], Enum) else o[name]
@@ -212,6 +214,7 @@ def search(
     ray_address: RayAddressOpt = None,
     cpus_per_task: CpusPerTaskOpt = None,
     gpus_per_task: GpusPerTaskOpt = None,
+    ray_stall_timeout: StallTimeoutOpt = None,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: OverwriteOpt = False,
@@ -348,6 +351,7 @@ def run(
     ray_address: RayAddressOpt = None,
     cpus_per_task: CpusPerTaskOpt = None,
     gpus_per_task: GpusPerTaskOpt = None,
+    ray_stall_timeout: StallTimeoutOpt = None,
     directory: DirectoryOpt = Path("tuning_dirs"),
     project: ProjectOpt = "default",
     overwrite: OverwriteOpt = False,
@@ -410,7 +414,8 @@ def main() -> None:
     except Abort:
         sys.exit(1)
     except SettingError as e:  # a setting named in Python's terms: say it in the CLI's
-        print(f"tuner-app: error: {e.as_option('--' + e.name.replace('_', '-'))}", file=sys.stderr)
+        option = {"stall_timeout": "--ray-stall-timeout"}.get(e.name, "--" + e.name.replace("_", "-"))
+        print(f"tuner-app: error: {e.as_option(option)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except TunerAppError as e:
         if not e.said:  # (a lost Ray cluster's line is printed as soon as it is known)

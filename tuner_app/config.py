@@ -136,13 +136,17 @@ class RayConfig:
         cpus_per_task: CPU cores a task reserves (and the threads it trains with).
         gpus_per_task: GPUs a task reserves; fractions let small folds share a GPU. None: 1 when
             the search trains on a GPU, else 0.
-        max_retries: How many times Ray reruns a task whose worker process or node died.
+        max_retries: How many times Ray reruns a task whose worker process or node died, or that
+            Ray's memory monitor killed.
+        stall_timeout: Seconds with fold tasks pending and none starting, reporting or finishing
+            (a node lost and not replaced, a cluster too small) before the search stops.
     """
 
     address: str | None = None
     cpus_per_task: float = 1.0
     gpus_per_task: float | None = None
     max_retries: int = 3
+    stall_timeout: float = 600.0
 
     def __post_init__(self):
         if not isinstance(self.cpus_per_task, (int, float)) or not self.cpus_per_task > 0:
@@ -152,6 +156,9 @@ class RayConfig:
                                                                                     or self.gpus_per_task % 1 == 0)):
             raise SettingError("gpus_per_task", self.gpus_per_task, "must be >= 0: a fraction <= 1 or a whole number")
         check_int("max_retries", self.max_retries, 0)
+        if isinstance(self.stall_timeout, bool) or not isinstance(self.stall_timeout, (int, float)) \
+                or not self.stall_timeout > 0:
+            raise SettingError("stall_timeout", self.stall_timeout, "must be a number of seconds > 0, e.g. 600")
 
     def gpus(self, device: str) -> float:
         """GPUs per task on a search that trains on `device`."""

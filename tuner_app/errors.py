@@ -31,6 +31,10 @@ class TunerAppError(Exception):
     said = False  # True once printed (a lost Ray cluster's line is said at once; the CLI does not repeat it)
 
 
+class DiskFull(TunerAppError):
+    """No room to write the search's state (exit code 1): nothing was half-written, what was written is kept."""
+
+
 class UsageError(TunerAppError):
     """Bad options or bad input data (exit code 2)."""
 
@@ -84,8 +88,9 @@ class FoldFailed(RuntimeError):
         error: The exception the training raised.
     """
 
-    def __init__(self, folds: str, error: BaseException):
-        super().__init__(f"{folds}: {type(error).__name__}: {summary(error)}")
+    def __init__(self, folds: str, error: BaseException | None = None):
+        # (error None: `folds` is the whole message, as pickle rebuilds it in a Ray driver from `args`)
+        super().__init__(folds if error is None else f"{folds}: {type(error).__name__}: {summary(error)}")
 
 
 @contextlib.contextmanager

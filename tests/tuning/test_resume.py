@@ -183,3 +183,36 @@ def test_a_project_made_with_the_old_option_names_resumes_with_the_new_ones(tmp_
     assert fold_records(tmp_path / "p") == folds and "best:" in again.stdout
     changed = run_cli("search", *new[:-1], "float32", "-d", tmp_path, "-p", "p", "-q")  # and a real change is refused
     assert changed.returncode == 2 and "other settings" in changed.stderr
+
+
+def test_a_temporary_file_left_by_a_kill_during_the_first_write_does_not_block_the_search(tmp_path):
+    """A search killed while it wrote its very first file (search.json) leaves only atomic_save's temporary
+    file: the rerun is a search, not a refusal to touch what is "not a tuner-app project"."""
+    pdir = tmp_path / "p"
+    pdir.mkdir()
+    (pdir / ".search.json.k1ll3d.tmp.json").write_text('{"model": ')
+    run_cli("search", *SHORT_SEARCH, "-d", tmp_path, "-p", "p", check=True)
+    assert (pdir / "search.json").exists() and len(fold_records(pdir)) == 4
+
+
+def test_a_full_disk_is_one_line_exit_1_with_nothing_half_written_and_the_rerun_resumes(tmp_path):
+    """The search's process may write files of 100 kB at most (RLIMIT_FSIZE, as a full disk or a quota
+    refuses a write): its fused checkpoint does not fit. One line naming the file, exit 1, no temporary or
+    partial file left; the same command without the limit completes the search."""
+    import resource
+    import sys
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    args = ["search", *SHORT_SEARCH, "--fold-mode", "fused", "--precision", "float32", "-d", str(tmp_path), "-p", "p"]
+    proc = subprocess.run([sys.executable, "-m", "tuner_app", *args], preexec_fn=limited, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no room to write" in proc.stderr and "fused_state.npz (File too large)" in proc.stderr, proc.stderr
+    pdir = tmp_path / "p"
+    assert not [p for p in pdir.rglob("*") if files.is_temporary(p)] and not list(pdir.rglob("fused_state.npz"))
+    run_cli(*args, check=True)
+    assert len(fold_records(pdir)) == 4

@@ -10,6 +10,7 @@ This module imports neither Keras nor KerasTuner.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuner_app.errors import UsageError
+from tuner_app.errors import DiskFull, UsageError, rerun
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -53,10 +54,16 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            raise DiskFull(f"no room to write {path} ({os.strerror(e.errno)}); nothing was half-written and what was "
+                           f"written before is kept: free space on {path.parent} and {rerun('resume')}") from None
         raise
     _fsync_dir(path.parent)
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a file size limit
 
 
 STALE_TEMPORARY_S = 60  # a temporary file of `atomic_save` older than this was left by a killed process

@@ -28,6 +28,8 @@ class Progress:
     def fold_end(self, record: dict, folds: int) -> None: ...
     def trial_end(self, trial_id: str, score: float | None, status: str) -> None: ...
     def message(self, text: str) -> None: ...
+    def waiting(self, text: str | None) -> None:
+        """What the search waits for (a Ray cluster that cannot run its tasks); None: no longer waiting."""
     def close(self) -> None: ...
 
 
@@ -77,7 +79,7 @@ class RichProgress(Progress):
             console=self.console,
             transient=True,
         )
-        self._trials = self._epochs = None
+        self._trials = self._epochs = self._wait = None
         self._fold = ""
         self._where = ""  # "trial 3 " while several trials run at once (trial_focus)
         self._best: float | None = None
@@ -141,6 +143,15 @@ class RichProgress(Progress):
 
     def message(self, text):
         self.console.log(text)
+
+    def waiting(self, text):
+        if text is None and self._wait is not None:
+            self.bars.remove_task(self._wait)
+            self._wait = None
+        elif text is not None and self._wait is None:
+            self._wait = self.bars.add_task(text, total=None)
+        elif text is not None:
+            self.bars.update(self._wait, description=text)
 
     def close(self):
         self.bars.stop()

@@ -41,13 +41,8 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         import ray
     except ImportError:
         raise UsageError("--ray needs Ray: pip install 'tuner-app[ray]'") from None
-    threads = str(max(1, int(config.cpus_per_task)))
-    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": threads,
-           "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
-    if device == "cpu":
-        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
-              "configure_logging": False}
+    kwargs = {"runtime_env": {"env_vars": task_env(config, backend, device)}, "log_to_driver": False,
+              "logging_level": "ERROR", "configure_logging": False}
     address = address_of(config)
     if address is None:  # a local Ray, on loopback, without the dashboard
         kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
@@ -57,6 +52,9 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
         for name in ("RAY_py_gcs_connect_timeout_s", "RAY_gcs_rpc_server_connect_timeout_s"):
             os.environ.setdefault(name, "20")  # a refusal (e.g. a token missing) in 20 s, not Ray's minutes
         _check_token(address)
+    # A task the memory monitor kills is retried as often as one whose worker or node died, not without end
+    # (Ray's default): the driver owns its tasks, and its core worker reads this when Ray starts here.
+    os.environ.setdefault("RAY_task_oom_retries", str(config.max_retries))
     logging.getLogger("ray").setLevel(logging.ERROR)  # its notices would break the one-line messages
     # The engine reads every result it needs; the others (the sibling folds of a failed trial,
     # cancelled) are dropped on purpose: Ray would print their errors when it frees them.
@@ -72,8 +70,25 @@ def connect(config: RayConfig, backend: str, device: str) -> None:
             raise UsageError(_connect_error(address, e, native.read().decode(errors="replace"))) from None
     if address is None:
         _local["reaper"] = ray_leftovers.watch()
-    else:
-        _watch_last_line(address)
+    _watch_last_line(address)
+
+
+def task_env(config: RayConfig, backend: str, device: str) -> dict[str, str]:
+    """The environment of every fold task's worker process: the backend, its threads and, on a GPU,
+    only its share of the GPU's memory (TensorFlow grows into what it uses; JAX takes no more than
+    `gpus_per_task` of it instead of its default 75%; PyTorch's share is set in the task,
+    `tuner_app.scaleout.ray_engine.limit_gpu_memory`)."""
+    threads = str(max(1, int(config.cpus_per_task)))
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": threads,
+           "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
+    if device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+        return env
+    share = config.gpus(device)
+    env.update(TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    if 0 < share < 1:
+        env.update(XLA_PYTHON_CLIENT_MEM_FRACTION=f"{share:.3f}", TUNER_APP_GPU_SHARE=f"{share:g}")
+    return env
 
 
 def _lost(address: str, why: str) -> TunerAppError:
@@ -81,8 +96,9 @@ def _lost(address: str, why: str) -> TunerAppError:
                          f"cluster is back, {rerun('resume')}")
 
 
-def _watch_last_line(address: str) -> None:
-    """The line for Ray's core ending this process when the node on this machine stops (tuner_app.scaleout.exit_notice)."""
+def _watch_last_line(address: str | None) -> None:
+    """The line for Ray's core ending this process when the node on this machine stops (tuner_app.scaleout.exit_notice):
+    a joined cluster's node, or the local Ray's (its raylet ends with its dashboard agent, whose death it shares)."""
     try:
         from ray._private import worker
 
@@ -91,7 +107,8 @@ def _watch_last_line(address: str) -> None:
         return
     if not exit_notice.node_is_up(raylet_socket):  # a socket the watcher could not tell up from down by
         return
-    error = _lost(address, "the Ray node on this machine stopped, and Ray's core ended this process")
+    error = _local_stopped("its node ended, and Ray's core ended this process") if address is None else \
+        _lost(address, "the Ray node on this machine stopped, and Ray's core ended this process")
     _local["last_line"] = exit_notice.watch(f"tuner-app: error: {error}", raylet_socket)
 
 
@@ -117,8 +134,12 @@ def check_local_ray() -> None:
     except Exception:  # noqa: BLE001 - Ray's private node API: without it, Ray's own handling as before
         return
     if stopped:
-        raise TunerAppError(f"the local Ray stopped under the search ({', '.join(stopped)} exited); the folds that "
-                            f"finished are kept: {rerun('resume')}")
+        raise _local_stopped(f"{', '.join(stopped)} exited")
+
+
+def _local_stopped(why: str) -> TunerAppError:
+    return TunerAppError(f"the local Ray stopped under the search ({why}); the folds that finished are kept: "
+                         f"{rerun('resume')}")
 
 
 class ClusterWatch(threading.Thread):
@@ -286,23 +307,33 @@ def _mute_native_stderr() -> None:
     os.close(devnull)
 
 
+def capacity(config: RayConfig, device: str) -> int:
+    """How many fold tasks the cluster's alive nodes hold at once now (0: not one fits)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    asked = {"CPU": config.cpus_per_task, "GPU": config.gpus(device)}
+    return int(min(resources.get(name, 0) // amount for name, amount in asked.items() if amount))
+
+
 def slots(config: RayConfig, device: str) -> int:
-    """How many tasks the cluster runs at once with this config.
+    """How many tasks the cluster runs at once with this config, at the search's start.
 
     Raises:
         UsageError: not one task fits the cluster as it is now (Ray would wait for it forever).
     """
     import ray
 
-    resources = ray.cluster_resources()
-    asked = {"CPU": config.cpus_per_task, "GPU": config.gpus(device)}
-    counts = [resources.get(name, 0) // amount for name, amount in asked.items() if amount]
-    if min(counts) < 1:
+    count = capacity(config, device)
+    if count < 1:
+        resources = ray.cluster_resources()
+        asked = {"CPU": config.cpus_per_task, "GPU": config.gpus(device)}
         have = ", ".join(f"{resources.get(n, 0):g} {n}" for n in asked)
         raise UsageError(f"--ray: a fold task asks for {config.cpus_per_task:g} CPU and {asked['GPU']:g} GPU, but the "
                          f"cluster has {have}; lower --cpus-per-task/--gpus-per-task, add nodes (an autoscaling "
                          "group needs at least one node up), or pass --device cpu")
-    return int(min(counts))
+    return count
 
 
-__all__ = ["ClusterWatch", "address_of", "check_local_ray", "connect", "disconnect", "say", "slots"]
+__all__ = ["ClusterWatch", "address_of", "capacity", "check_local_ray", "connect", "disconnect", "say", "slots",
+           "task_env"]

@@ -31,7 +31,7 @@ from tuner_app.config import RayConfig
 from tuner_app.models.preflight import labels
 from tuner_app.runtime import interrupts
 from tuner_app.runtime.progress import Progress
-from tuner_app.scaleout import ray_cluster
+from tuner_app.scaleout import ray_cluster, ray_faults
 from tuner_app.training.trial import FoldTrainer, splits
 from tuner_app.tuning.oracle import COMPLETED, INVALID, RUNNING
 from tuner_app.tuning.state import FoldStore
@@ -85,6 +85,7 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
         fold_splits: The (train, validation) indices of every fold.
         queue: A `ray.util.queue.Queue` for progress events.
     """
+    limit_gpu_memory()
     cv = job["cv"]
     trainer = _worker_trainer(job["key"], hypermodel, cv)
     records = []
@@ -97,11 +98,30 @@ def run_folds(job: dict, hypermodel, x: np.ndarray, y: np.ndarray, trial_id: str
     return records
 
 
+def limit_gpu_memory() -> None:
+    """PyTorch in a task with a share of a GPU (`--gpus-per-task` below 1) takes that share of its memory at
+    most (TensorFlow and JAX are limited by the task's environment: `ray_cluster.task_env`)."""
+    share = os.environ.get("TUNER_APP_GPU_SHARE")
+    if share and os.environ.get("KERAS_BACKEND") == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(float(share))
+
+
 @dataclass
 class _Trial:
     trial: object
     store: FoldStore
     tasks: int = 0  # tasks of this trial in flight
+
+
+class RayTaskFailed(Exception):
+    """A task Ray gave up on (its worker, node or memory lost more often than retried), by its cause."""
+
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
 
 
 class RayEngine:
@@ -112,6 +132,8 @@ class RayEngine:
         config: Where and how the tasks run.
         device: "cpu" or "gpu": what the tasks train on.
     """
+
+    CAPACITY_EVERY_S = 5.0  # how often the cluster's size is read again
 
     def __init__(self, tuner, config: RayConfig, device: str):
         self.tuner, self.config, self.device = tuner, config, device
@@ -124,7 +146,7 @@ class RayEngine:
         from ray.util.queue import Queue
 
         tuner, cv = self.tuner, self.tuner.cv
-        capacity = ray_cluster.slots(self.config, self.device)
+        ray_cluster.slots(self.config, self.device)  # a usage error now when not one task fits
         tuner.concurrent = True
         fold_splits = splits(y, cv.folds, cv.seed)
         _pickle_by_value(tuner.hypermodel)
@@ -141,11 +163,16 @@ class RayEngine:
         inflight: dict = {}  # ObjectRef -> (trial id, folds)
         exhausted, ids = False, 0
         watch = ray_cluster.ClusterWatch(ray_cluster.address_of(self.config))
+        stall, capacity, counted = ray_faults.Stall(self.config, self.device), 1, 0.0
         tuner.on_search_begin()
         watch.begin()
+        native = ray_faults.native_log(tuner.project_dir)
+        native.__enter__()
         try:
             while True:
                 interrupts.check()
+                if time.monotonic() - counted >= self.CAPACITY_EVERY_S:  # nodes that join get tasks
+                    capacity, counted = max(1, ray_cluster.capacity(self.config, self.device)), time.monotonic()
                 while not exhausted and len(inflight) < capacity:
                     trial = tuner.oracle.create_trial(f"ray-{ids}")
                     ids += 1
@@ -168,13 +195,17 @@ class RayEngine:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
                 ray_cluster.check_local_ray()
                 watch.check()
-                self._relay(queue)
+                if self._relay(queue) or ready or stall.busy():
+                    stall.moved()
+                self.progress.waiting(stall.check(len(inflight)))
                 for ref in ready:
                     if ref in inflight:  # (a failed trial's other tasks were dropped)
                         trial_id, _group = inflight.pop(ref)
                         self._collect(ref, running[trial_id], running, inflight)
             self._relay(queue)
         finally:
+            self.progress.waiting(None)
+            native.__exit__(None, None, None)
             watch.end()
             if watch.lost is None:  # a lost cluster answers no cancel (the call could outlast Ray's window)
                 for ref in inflight:
@@ -195,8 +226,11 @@ class RayEngine:
 
         try:
             records = ray.get(ref)
-        except ray.exceptions.RayError as e:  # the fold raised, or its worker died more often than retried
+        except (ray.exceptions.RayTaskError, ray.exceptions.UnserializableException) as e:  # the fold raised
             self._fail(run, e, running, inflight)
+            return
+        except ray.exceptions.RayError as e:  # its worker, node or memory gone more often than retried
+            self._fail(run, RayTaskFailed(ray_faults.cause(e)), running, inflight)
             return
         for record in records:
             if record["fold"] not in run.store:
@@ -226,12 +260,12 @@ class RayEngine:
         running.pop(run.trial.trial_id, None)
         trial = run.trial
         trial.status = INVALID
-        trial.message = str(error)
+        trial.message = error.cause if isinstance(error, RayTaskFailed) else str(error)
         self.progress.trial_focus(None)
         self.tuner.on_trial_end(trial)
 
-    def _relay(self, queue) -> None:
-        """Forward the tasks' progress events to the search's listener.
+    def _relay(self, queue) -> int:
+        """Forward the tasks' progress events to the search's listener; how many there were.
 
         Progress only: when Ray's queue actor cannot be reached (a busy node, or the actor died)
         the events are dropped and the search goes on, as the tasks' own puts do; the folds'
@@ -241,18 +275,19 @@ class RayEngine:
         import ray
 
         if self.queue_lost:
-            return
+            return 0
         try:
             size = ray.get(queue.actor.qsize.remote(), timeout=2)
             events = ray.get(queue.actor.get_nowait_batch.remote(size), timeout=2) if size else []
         except ray.exceptions.ActorDiedError:
             self.queue_lost = True  # gone for good: stop asking it
-            return
+            return 0
         except ray.exceptions.RayError:
-            return
+            return 0
         for trial_id, kind, *args in events:
             self.progress.trial_focus(trial_id)
             getattr(self.progress, kind)(*args)
+        return len(events)
 
 
 def _pickle_by_value(hypermodel) -> None:

@@ -177,7 +177,7 @@ def saved_members(path: Path) -> list[int] | None:
     try:
         with open(path, "rb") as f, np.load(f) as saved:
             return [int(k) for k in json.loads(str(saved["meta"]))["members"]["done"]]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 
@@ -212,7 +212,7 @@ def train_folds(hypermodel: keras_tuner.HyperModel, cv: CVConfig, hp: keras_tune
         try:
             tracker, start_epoch, elapsed = load_state(path, model, cv)
             folds = saved
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # damaged, or written by another version
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged, or written by another version
             damage = type(e).__name__
             model = cache.fresh(hp, list(folds), cv.seed, x.shape[1:])
             tracker = Members(list(folds), cv)

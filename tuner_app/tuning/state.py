@@ -200,7 +200,8 @@ def refuse_changed(pdir: Path, settings: dict, overwrite: bool) -> None:
     if overwrite or not pdir.exists():
         return
     if not (pdir / SEARCH_FILE).exists():
-        if any(pdir.iterdir()):
+        # (a temporary file left by a search killed during its very first write is no project: it is ignored)
+        if any(not files.is_temporary(p) for p in pdir.iterdir()):
             raise UsageError(f"{pdir} exists and is not a tuner-app project; pass --overwrite or a new --project")
         return
     stored = stored_settings(pdir)

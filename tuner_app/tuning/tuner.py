@@ -9,6 +9,7 @@ hyperparameter by name: the grid comes from the hypermodel (`tuner_app.tuning.gr
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import keras_tuner
 import numpy as np
 
 from tuner_app.config import CVConfig, RetrainConfig
-from tuner_app.errors import UsageError
+from tuner_app.errors import DiskFull, UsageError
 from tuner_app.models.preflight import labels
 from tuner_app.runtime import files, interrupts
 from tuner_app.runtime.progress import Progress
@@ -24,7 +25,7 @@ from tuner_app.training import compile_ahead, jax_loop, tensorboard_logs
 from tuner_app.training.trial import FoldTrainer, splits
 from tuner_app.tuning import state
 from tuner_app.tuning.grid import Grid
-from tuner_app.tuning.oracle import ResumableGridOracle
+from tuner_app.tuning.oracle import ResumableGridOracle, heartbeat_s
 from tuner_app.tuning.state import FoldStore
 
 _SEARCH_KEYWORDS = {  # what KerasTuner users pass to search(), and where it lives here
@@ -32,6 +33,33 @@ _SEARCH_KEYWORDS = {  # what KerasTuner users pass to search(), and where it liv
     "validation_data": "nothing: each fold's validation set is the held-out fold",
     "validation_split": "CVConfig(folds=...)", "callbacks": "nothing (EarlyStopping on the objective is built in)",
 }
+
+
+class _Heartbeat(threading.Thread):
+    """While a trial trains, ask the oracle for it every `every` seconds: a KerasTuner chief counts that as
+    this worker's sign of life (`ResumableGridOracle`); a lone search's oracle just answers."""
+
+    def __init__(self, beat, every: float):
+        super().__init__(name="tuner-app-heartbeat", daemon=True)
+        self._beat, self.every, self._done = beat, every, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001, S112 - a chief not answering: the worker's own watch says so
+                continue
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+
+class _SearchDiskFull(DiskFull, keras_tuner.errors.FatalError):
+    """A full disk during a trial: KerasTuner lets a FatalError end the search."""
 
 
 class CVTuner(keras_tuner.Tuner):
@@ -110,8 +138,12 @@ class CVTuner(keras_tuner.Tuner):
                 tensorboard_logs.write_history(self.project_dir, trial, record["fold"], history)
 
         callbacks = (lambda k: tensorboard_logs.callbacks(self.project_dir, trial, k)) if self.tensorboard else None
-        self.trainer.train(trial.hyperparameters, pending, x, y_fit, self._splits, trial_dir, finished, self.progress,
-                           callbacks)
+        try:
+            with _Heartbeat(lambda: self.oracle.get_trial(trial.trial_id), heartbeat_s()):
+                self.trainer.train(trial.hyperparameters, pending, x, y_fit, self._splits, trial_dir, finished,
+                                   self.progress, callbacks)
+        except DiskFull as e:  # the search's end, not a failed trial (KerasTuner goes on after those)
+            raise _SearchDiskFull(str(e)) from None
         return store.means()
 
     def _compile_later(self, hp: keras_tuner.HyperParameters, x, y_fit) -> None:

@@ -88,13 +88,17 @@ def table(results: list[dict], folds: int | None = None) -> Table:
 
 
 def grid_table(points: list[dict], names: list[str], params: list[int] | None = None) -> Table:
-    """The grid's points in search order (for `search --dry-run`)."""
+    """The grid's points in search order (for `search --dry-run`), each under the trial id the search gives it.
+
+    KerasTuner numbers trials from 0, zero-padded to the width of the grid's size, in the order they are
+    created; the oracle creates them in grid order, so point i is trial i in `results` too."""
     t = Table(title=f"{plural(len(points), 'grid point')}, in search order")
-    for col in ("#", *names, *(["params"] if params else [])):
+    for col in ("trial", *names, *(["params"] if params else [])):
         t.add_column(col, justify="right")
-    for i, point in enumerate(points, start=1):
-        t.add_row(str(i), *(format_value(point[n]) if n in point else "-" for n in names),
-                  *([f"{params[i - 1]:,}"] if params else []))
+    width = len(str(len(points)))
+    for i, point in enumerate(points):
+        t.add_row(f"{i:0{width}d}", *(format_value(point[n]) if n in point else "-" for n in names),
+                  *([f"{params[i]:,}"] if params else []))
     return t
 
 

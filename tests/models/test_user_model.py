@@ -46,6 +46,18 @@ def test_every_declared_point_is_one_completed_trial_keyed_by_the_models_names(s
     assert search["grid"]["size"] == 6
 
 
+def test_the_dry_runs_trial_column_is_the_trial_id_results_shows_for_that_point(searched):
+    """`--dry-run` numbers each point as the search will: KerasTuner's trial id, from 0, not a row count."""
+    search = [a if a != MODEL else "dense_net.py:build" for a in SEARCH]
+    dry = run_cli(*search, "--directory", searched, "--project", "dry", "--dry-run", cwd=MODELS, check=True).stdout
+    rows = [[c.strip() for c in line.strip("│ \n").split("│")] for line in dry.splitlines() if line.startswith("│")]
+    shown = {row[0]: row[1:4] for row in rows}  # trial -> units, second_layer, second_units as printed
+    trials = json.loads(run_cli("results", "--directory", searched, "--project", "dense", "-f", "json").stdout)
+    ran = {t["trial_id"]: [str(t["hyperparameters"].get(n, "-")) for n in ("units", "second_layer", "second_units")]
+           for t in trials}
+    assert len(shown) == len(POINTS) and shown == ran
+
+
 def test_retrain_best_rebuilds_the_users_model_and_saves_one_that_reloads(searched):
     """From another working directory than the search's: the model comes from the file the search read."""
     proc = run_cli("retrain-best", "--directory", searched, "--project", "dense", "--epochs", "2", cwd=searched,

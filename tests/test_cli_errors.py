@@ -68,7 +68,8 @@ CASES = [
     ("two precisions (the old --mixed-precision)", ["--mixed-precision", "--precision=float32"], "disagree"),
     ("unknown dataset", ["--data", "imagenet"], "--data imagenet: neither a dataset name (mnist, fashion_mnist"),
     ("--dataset beside --data", ["--dataset", "imagenet"], "--dataset is the old name of --data: give one"),
-    ("unknown option", ["--fold", "3"], "Try 'tuner-app search --help' for help."),
+    ("unknown option", ["--fold", "3"],
+     "No such option: --fold (Possible options: --fold-mode, --folds, --model). Try 'tuner-app search --help' for help."),
     ("images smaller than the model takes", ["--data", "NPZ:x_train=tiny", "--train-limit", "40"], "images are 12x12 but model seed needs at least 16x16"),
     ("resume with other settings", ["--epochs", "2"], "was searched with other settings (cv.epochs: 1 -> 2)"),
     ("unknown objective direction", ["--objective", "val_foo"],
@@ -109,6 +110,12 @@ CASES = [
       "e.g. hp.Float('dropout', 0.0, 0.5, step=...), or its values with --grid dropout=V1,V2")),
     ("seed options with another model", ["--model", DENSE_NET, "--filters", "8,16"],
      "belong to --model seed"),
+    *(SCALE_OUT := [
+        ("no workers", ["--workers", "0"], "--workers 0: must be >= 1 (or leave it out for one process)"),
+        ("chief without a port", ["--workers", "1", "--chief", "chief-host"],
+         "--chief 'chief-host': give HOST:PORT of the chief, e.g. --chief chief-host:8000"),
+        ("chief without workers", ["--chief", "chief-host:8000"], "--chief chief-host:8000: give --workers N too"),
+    ]),
 ]
 
 
@@ -165,6 +172,12 @@ def test_bad_search_input(tmp_path, searched, capsys, name, extra, fragment):
     assert len(lines) == 1, err
     assert fragment in lines[0] and "Traceback" not in err
     assert _tree(searched) == before
+
+
+@pytest.mark.parametrize("name, extra, fragment", SCALE_OUT, ids=[c[0] for c in SCALE_OUT])
+def test_a_dry_run_refuses_what_the_search_would_refuse_of_workers_and_chief(tmp_path, capsys, name, extra, fragment):
+    code, err = run_cli_here(capsys, "search", *SMALL_SEARCH, *extra, "--dry-run", "--directory", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
 @pytest.mark.parametrize("extra, fragment", [

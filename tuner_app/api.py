@@ -89,6 +89,13 @@ def role() -> str | None:
     return chief_worker.role()
 
 
+def check_launch(workers: int, chief: str | None) -> None:
+    """Refuse `--workers`/`--chief` values that `launch` cannot use (UsageError)."""
+    from tuner_app.scaleout import chief_worker
+
+    chief_worker.check_launch(workers, chief)
+
+
 def launch(argv: list[str], workers: int, quiet: bool, chief: str | None) -> int:
     """Start a KerasTuner chief and `workers` worker processes running `tuner-app search ARGV`; their exit code."""
     from tuner_app.scaleout import chief_worker

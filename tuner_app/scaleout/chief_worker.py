@@ -179,8 +179,7 @@ def launch(search_argv: list[str], workers: int, quiet: bool = False, chief: str
         The exit code: 0 when every grid point completed, 128 + signal when stopped, else
         the code that ended it (1: a process died or a wait ran out; 2: bad usage).
     """
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: must be >= 1 (or leave it out for one process)")
+    check_launch(workers, chief)
     host, port = _parse_chief(chief) if chief else ("127.0.0.1", _free_port())
     gpus = visible_gpus()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -208,6 +207,14 @@ def launch(search_argv: list[str], workers: int, quiet: bool = False, chief: str
             return _supervise(procs, host, port, stopping)
         finally:
             _stop(procs)
+
+
+def check_launch(workers: int, chief: str | None) -> None:
+    """Refuse `--workers`/`--chief` values `launch` cannot use (a `--dry-run` checks them too)."""
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be >= 1 (or leave it out for one process)")
+    if chief:
+        _parse_chief(chief)
 
 
 def _parse_chief(chief: str) -> tuple[str, int]:

@@ -230,12 +230,14 @@ def search(
     """Score every grid point of a model by stratified K-fold CV; resumes an interrupted search."""
     options = {k: v for k, v in locals().items() if k not in ("ctx", "dry_run", "workers", "chief")}
     request = _request(options, workers)
-    if workers is not None and api.role() is None and not dry_run:
-        code = api.launch(_argv(ctx, ("workers", "chief", "quiet")), workers, quiet, chief)
-        if code == 0 and not quiet and chief is None:
-            _show(request.directory, request.project)
-        raise typer.Exit(code)
-    if chief is not None:
+    if workers is not None and api.role() is None:
+        api.check_launch(workers, chief)
+        if not dry_run:
+            code = api.launch(_argv(ctx, ("workers", "chief", "quiet")), workers, quiet, chief)
+            if code == 0 and not quiet and chief is None:
+                _show(request.directory, request.project)
+            raise typer.Exit(code)
+    elif chief is not None:
         raise UsageError(f"--chief {chief}: give --workers N too (the workers to start)")
     _search(request, dry_run, quiet)
 
@@ -290,7 +292,7 @@ def show_results(
 
 
 RetrainEpochsOpt = Annotated[int | None, typer.Option("--retrain-epochs", rich_help_panel=FINAL, show_default="10, or the model's", help="retrain-best's --epochs.")]
-RetrainBatchSizeOpt = Annotated[int | None, typer.Option("--retrain-batch-size", rich_help_panel=FINAL, show_default="--batch-size", help="retrain-best's --batch-size.")]
+RetrainBatchSizeOpt = Annotated[int | None, typer.Option("--retrain-batch-size", rich_help_panel=FINAL, show_default="--batch-size if given, else 128 or the model's", help="retrain-best's --batch-size.")]
 RetrainValidationSplitOpt = Annotated[float | None, typer.Option("--retrain-validation-split", rich_help_panel=FINAL, show_default="0.1", help="retrain-best's --validation-split.")]
 RetrainPrecisionOpt = Annotated[Precision | None, typer.Option("--retrain-precision", metavar="PRECISION", rich_help_panel=FINAL, show_default="float32", help="retrain-best's --precision: auto, float32 or mixed.")]
 OldValidationSplitOpt = Annotated[float | None, typer.Option("--validation-split", hidden=True, help="The old name of --retrain-validation-split.")]
@@ -302,7 +304,7 @@ def retrain_best(
     data: Annotated[str | None, typer.Option("--data", metavar="NAME|PATH", rich_help_panel=DATA, show_default="the searched data", help="A dataset name, an .npz file or a folder of IDX files.")] = None,
     train_limit: TrainLimitOpt = None,
     epochs: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="10, or the model's", help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="128", help="Batch size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="128, or the model's", help="Batch size.")] = None,
     validation_split: Annotated[float | None, typer.Option(rich_help_panel=TRAIN, show_default="0.1", help="Fraction of the training set held out to watch training.")] = None,
     seed: Annotated[int | None, typer.Option(rich_help_panel=TRAIN, show_default="the search's --seed", help="Seed of the weights and the data order.")] = None,
     device: DeviceOpt = Device.auto,

@@ -73,6 +73,7 @@ def test_results_json_lists_every_trial_with_its_fold_records(searched):
 
 
 
+@pytest.mark.backend_independent
 def test_rerunning_a_finished_search_trains_nothing(searched):
     pdir = searched / "small"
     before = {p: p.read_bytes() for p in pdir.rglob("folds.json")}

@@ -38,6 +38,7 @@ def test_retrain_best_without_a_search_says_so(tmp_path):
     assert proc.returncode == 2 and "no search project" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.backend_independent
 def test_retraining_on_other_data_says_so_and_records_it(searched, tmp_path, small_dataset):
     """Other images of the searched shape: retrain-best goes on, with one warning line naming both sources."""
     other = tmp_path / "other.npz"
@@ -85,6 +86,7 @@ def test_retrain_test_metrics_equal_keras_evaluate(searched, small_dataset):
     assert abs(retrain["test_loss"] - loss) < 1e-4
 
 
+@pytest.mark.backend_independent
 def test_retrain_best_before_any_trial_completed(tmp_path):
     pdir = tmp_path / "p"
     proc = start_cli("search", *GRID_SEARCH, "--directory", tmp_path, "--project", "p")

@@ -46,6 +46,7 @@ def test_every_declared_point_is_one_completed_trial_keyed_by_the_models_names(s
     assert search["grid"]["size"] == 6
 
 
+@pytest.mark.backend_independent
 def test_the_dry_runs_trial_column_is_the_trial_id_results_shows_for_that_point(searched):
     """`--dry-run` numbers each point as the search will: KerasTuner's trial id, from 0, not a row count."""
     search = [a if a != MODEL else "dense_net.py:build" for a in SEARCH]
@@ -76,6 +77,7 @@ def test_retrain_best_rebuilds_the_users_model_and_saves_one_that_reloads(search
     assert reloaded == pytest.approx(report["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.backend_independent
 def test_grid_overrides_and_dry_run(tmp_path):
     proc = run_cli(*SEARCH, "--directory", tmp_path, "--dry-run", "--grid", "units=16", "--grid", "second_units=8")
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +89,7 @@ def test_grid_overrides_and_dry_run(tmp_path):
     assert [t["hyperparameters"] for t in trials] == [{"units": 16, "second_layer": False}]
 
 
+@pytest.mark.backend_independent
 def test_objective_val_loss_ranks_lowest_first(tmp_path):
     run_cli(*SEARCH, "--directory", tmp_path, "--project", "loss", "--objective", "val_loss", "--grid",
             "second_layer=false", check=True)
@@ -108,6 +111,7 @@ def test_a_model_that_fails_while_training_is_a_failed_trial_with_its_traceback(
     assert [t["status"] for t in trials] == ["COMPLETED", "FAILED"]  # the other point was scored
 
 
+@pytest.mark.backend_independent
 def test_a_module_in_the_working_directory_is_found_as_python_m_finds_it():
     """`tuner-app` (the console script, whose sys.path lacks the working directory) imports
     package.module:NAME from there, as `python -m` would."""
